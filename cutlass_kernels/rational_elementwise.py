@@ -1,0 +1,270 @@
+"""Group-rational elementwise kernels (forward and backward) in CuTe DSL.
+
+The math is not written here: every kernel calls :func:`fusedkat.ops.rational_math.forward` /
+:func:`~fusedkat.ops.rational_math.grad_terms` on DSL ``Float32`` registers through
+:class:`cutlass_kernels.dsl.DslMath` — one definition of F for torch and for the GPU.
+
+Work decomposition (both kernels).  x ``[M, K]`` (any leading dims, contiguous) is viewed as
+``total = M*K/V`` vectors of ``V`` elements (16 bytes for V = 16/sizeof(dtype)); ``V`` divides
+``K/g``, so a vector never straddles two groups.  The launch has ``S = L * (K/V)`` threads and
+thread ``t`` handles vectors ``t, t+S, t+2S, ...``: because ``S`` is a multiple of ``K/V``, every
+vector of a thread sits at the same column block, hence in ONE group.  So a thread loads its
+group's coefficients once into registers, and in the backward it accumulates the coefficient
+gradients of one group in ``m+1+n`` fp32 registers.  Consecutive threads read consecutive
+16-byte vectors: fully coalesced for any K.  Each iteration loads ``U`` vectors before
+computing, to keep enough bytes in flight for a memory-bound kernel.
+
+Backward reduction (deterministic, no atomics): thread ``t`` writes its ``m+1+n`` partial sums to
+column ``t`` of a ``[m+1+n, S]`` fp32 workspace; the launcher sums it in a fixed order on the
+device (``view(C, L, g, K/(g*V)).sum``) — a second pass over ``C*S`` floats, tiny next to x.
+"""
+# (no "from __future__ import annotations": the DSL evaluates the kernels' annotations at trace time)
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fusedkat.ops import rational_math as rm
+
+from .config import DTYPE_BYTES, KernelConfig, check_dtype_name
+
+
+@dataclass(frozen=True)
+class GroupRationalConfig(KernelConfig):
+    """Compile-time parameters of the forward kernel (sizes and groups are runtime arguments).
+
+    dtype: "fp32" | "bf16" | "fp16" (x and y); form: "A" | "B"; m/n: degrees; vec: elements per
+    vector load (V, 16 bytes at most); unroll: vectors loaded per thread per iteration (U);
+    threads: threads per block.
+    """
+
+    family: ClassVar[str] = "group_rational_fwd"
+    dtype: str = "bf16"
+    form: str = "A"
+    m: int = rm.DEFAULT_ORDER[0]
+    n: int = rm.DEFAULT_ORDER[1]
+    vec: int = 8
+    unroll: int = 4
+    threads: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_dtype_name(self.dtype)
+        rm.RationalSpec(self.m, self.n, self.form)  # validates degrees and form
+        if self.vec not in (1, 2, 4, 8) or self.vec * DTYPE_BYTES[self.dtype] > 16:
+            raise ValueError(f"vec={self.vec} is not a power of two with at most 16 bytes of {self.dtype}")
+        if self.unroll < 1 or self.threads % 32 or not 32 <= self.threads <= 1024:
+            raise ValueError(f"bad unroll={self.unroll} / threads={self.threads}")
+
+    @property
+    def coefficients(self) -> int:
+        """m + 1 + n: the number of coefficient-gradient partial sums per thread (backward)."""
+        return self.m + 1 + self.n
+
+
+@dataclass(frozen=True)
+class GroupRationalBwdConfig(GroupRationalConfig):
+    """Compile-time parameters of the backward kernel (same fields as the forward)."""
+
+    family: ClassVar[str] = "group_rational_bwd"
+    unroll: int = 2
+
+
+def max_vec(dtype: str) -> int:
+    """Elements in a 16-byte vector of ``dtype``."""
+    return 16 // DTYPE_BYTES[check_dtype_name(dtype)]
+
+
+# ------------------------------------------------------------------------------------------------
+# DSL part: imported lazily (the functions below import cutlass when called).
+# ------------------------------------------------------------------------------------------------
+def _kernels() -> Any:
+    """Define the DSL kernel classes on first use (keeps this module importable without the DSL)."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass import Float32, Int32
+
+    from .dsl import DslMath
+
+    class _Common:
+        def __init__(self, cfg: GroupRationalConfig):
+            self.cfg = cfg
+
+        def load_coefficients(self, mNum, mDen, t, kvecs, kvg, num_step):
+            """This thread's group and its coefficients as fp32 registers."""
+            grp = (t % kvecs) // kvg
+            arow = grp * num_step
+            a = [mNum[arow, i].to(Float32) for i in range(self.cfg.m + 1)]
+            b = [mDen[grp, j].to(Float32) for j in range(self.cfg.n)]
+            return a, b
+
+    class Forward(_Common):
+        @cute.jit
+        def __call__(self, mX: cute.Tensor, mY: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
+                     total: Int32, kvecs: Int32, kvg: Int32, num_step: Int32, nthreads: Int32,
+                     stream: Any):
+            threads = self.cfg.threads
+            grid = (nthreads + threads - 1) // threads
+            self.kernel(mX, mY, mNum, mDen, total, kvecs, kvg, num_step, nthreads).launch(
+                grid=(grid, 1, 1), block=(threads, 1, 1), stream=stream)
+
+        @cute.kernel
+        def kernel(self, mX: cute.Tensor, mY: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
+                   total: Int32, kvecs: Int32, kvg: Int32, num_step: Int32, nthreads: Int32):
+            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
+            tidx, _, _ = cute.arch.thread_idx()
+            bidx, _, _ = cute.arch.block_idx()
+            t = bidx * self.cfg.threads + tidx
+            if t < nthreads:
+                a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
+                for base in cutlass.range(t, total, nthreads * U):
+                    # load U vectors first (bytes in flight), then compute and store
+                    xs = []
+                    for u in cutlass.range_constexpr(U):
+                        frag = cute.make_rmem_tensor((1, V), mX.element_type)
+                        frag.fill(0)
+                        v = base + u * nthreads
+                        if v < total:
+                            cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), frag)
+                        xs.append(frag)
+                    for u in cutlass.range_constexpr(U):
+                        xv = xs[u].load().to(Float32)
+                        out = cute.make_rmem_tensor((1, V), Float32)
+                        for i in cutlass.range_constexpr(V):
+                            out[0, i] = rm.forward(a, b, xv[0, i], form, DslMath)
+                        v = base + u * nthreads
+                        if v < total:
+                            cute.local_tile(mY, (1, V), (v, 0)).store(out.load().to(mY.element_type))
+
+    class Backward(_Common):
+        @cute.jit
+        def __call__(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mPart: cute.Tensor,
+                     mNum: cute.Tensor, mDen: cute.Tensor, total: Int32, kvecs: Int32, kvg: Int32,
+                     num_step: Int32, nthreads: Int32, stream: Any):
+            threads = self.cfg.threads
+            grid = (nthreads + threads - 1) // threads
+            self.kernel(mG, mX, mDX, mPart, mNum, mDen, total, kvecs, kvg, num_step, nthreads).launch(
+                grid=(grid, 1, 1), block=(threads, 1, 1), stream=stream)
+
+        @cute.kernel
+        def kernel(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mPart: cute.Tensor,
+                   mNum: cute.Tensor, mDen: cute.Tensor, total: Int32, kvecs: Int32, kvg: Int32,
+                   num_step: Int32, nthreads: Int32):
+            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
+            m1, n = self.cfg.m + 1, self.cfg.n
+            tidx, _, _ = cute.arch.thread_idx()
+            bidx, _, _ = cute.arch.block_idx()
+            t = bidx * self.cfg.threads + tidx
+            if t < nthreads:
+                a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
+                acc = cute.make_rmem_tensor((m1 + n,), Float32)
+                acc.fill(0.0)
+                for base in cutlass.range(t, total, nthreads * U):
+                    xs, gs = [], []
+                    for u in cutlass.range_constexpr(U):
+                        fx = cute.make_rmem_tensor((1, V), mX.element_type)
+                        fg = cute.make_rmem_tensor((1, V), mG.element_type)
+                        fx.fill(0)
+                        fg.fill(0)  # masked vectors contribute grad 0 to the partial sums
+                        v = base + u * nthreads
+                        if v < total:
+                            cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), fx)
+                            cute.autovec_copy(cute.local_tile(mG, (1, V), (v, 0)), fg)
+                        xs.append(fx)
+                        gs.append(fg)
+                    for u in cutlass.range_constexpr(U):
+                        xv = xs[u].load().to(Float32)
+                        gv = gs[u].load().to(Float32)
+                        dx = cute.make_rmem_tensor((1, V), Float32)
+                        for i in cutlass.range_constexpr(V):
+                            x = xv[0, i]
+                            g = gv[0, i]
+                            dx[0, i] = _accumulate_gradients(acc, a, b, x, g, form, DslMath)
+                        v = base + u * nthreads
+                        if v < total:
+                            cute.local_tile(mDX, (1, V), (v, 0)).store(dx.load().to(mDX.element_type))
+                _apply_coefficient_signs(acc, m1, b, form, DslMath)
+                for c in cutlass.range_constexpr(m1 + n):
+                    mPart[c, t] = acc[c]
+
+    class _Namespace:
+        pass
+
+    ns = _Namespace()
+    ns.Forward, ns.Backward = Forward, Backward
+    _KERNELS = ns
+    return ns
+
+
+def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str, ops: Any) -> Any:
+    """Add one element's coefficient-gradient terms to ``acc`` (``m+1+n`` fp32 registers) and
+    return its dx = g * dF/dx.  Plain Python run at trace time (not DSL-preprocessed), so the
+    branches on ``form`` are decided when the kernel is generated."""
+    tr = rm.grad_terms(a, b, x, form, ops)
+    m1, n = len(a), len(b)
+    p = g * tr.inv_q  # dF/da_k = x^k / Q
+    for k in range(m1):
+        acc[k] = acc[k] + p
+        if k + 1 < m1:
+            p = p * x
+    q = g * tr.neg_f_over_q  # dF/db_j = -F/Q * s_j * base^j
+    if not isinstance(tr.den_sign, list):  # form B: per-element sign; form A: per coefficient, later
+        q = q * tr.den_sign
+    for j in range(n):
+        q = q * tr.base
+        acc[m1 + j] = acc[m1 + j] + q
+    return g * tr.dfdx
+
+
+def _apply_coefficient_signs(acc: Any, m1: int, b: list, form: str, ops: Any) -> None:
+    """Form A: dF/db_j carries sgn(b_j), constant within the thread's group: apply it once to the sums."""
+    if form == "A":
+        for j in range(len(b)):
+            acc[m1 + j] = acc[m1 + j] * ops.sgn(b[j])
+
+
+_KERNELS: Any = None
+
+
+def _fake_args(cfg: GroupRationalConfig, backward: bool) -> list:
+    """Fake tensors/scalars matching what the launcher passes (dynamic sizes, 16-byte alignment)."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass import Float32, Int32
+    from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
+
+    from .dsl import dsl_type
+
+    el = dsl_type(cfg.dtype)
+    align = cfg.vec * DTYPE_BYTES[cfg.dtype]
+
+    def vecs():
+        return make_fake_compact_tensor(el, (cute.sym_int32(), cfg.vec), stride_order=(1, 0), assumed_align=align)
+
+    num = make_fake_compact_tensor(Float32, (cute.sym_int32(), cfg.m + 1), stride_order=(1, 0))
+    den = make_fake_compact_tensor(Float32, (cute.sym_int32(), cfg.n), stride_order=(1, 0))
+    scalars = [Int32(1)] * 5
+    if not backward:
+        return [vecs(), vecs(), num, den, *scalars, make_fake_stream()]
+    part = make_fake_compact_tensor(Float32, (cfg.coefficients, cute.sym_int32()), stride_order=(1, 0))
+    return [vecs(), vecs(), vecs(), part, num, den, *scalars, make_fake_stream()]
+
+
+def compile_forward(arch: str, options: str, **fields: Any) -> Any:
+    """Compile the forward kernel for ``GroupRationalConfig(**fields)``; ``options`` from
+    :func:`cutlass_kernels.dsl.compile_options` (it carries ``arch``).  Primitive args only."""
+    import cutlass.cute as cute
+
+    cfg = GroupRationalConfig(**fields)
+    return cute.compile(_kernels().Forward(cfg), *_fake_args(cfg, False), options=options)
+
+
+def compile_backward(arch: str, options: str, **fields: Any) -> Any:
+    """Compile the backward kernel for ``GroupRationalBwdConfig(**fields)`` (see compile_forward)."""
+    import cutlass.cute as cute
+
+    cfg = GroupRationalBwdConfig(**fields)
+    return cute.compile(_kernels().Backward(cfg), *_fake_args(cfg, True), options=options)
