@@ -1,0 +1,151 @@
+"""Host launcher of the fused GR-KAN backward (CUDA tensors in, gradients out).
+
+``rational_linear_backward`` has the signature and return convention of
+:func:`fusedkat.ops.torch_impl.rational_linear_backward`, so ``cutlass_kernels.launch`` can route the
+``fusedkat::rational_linear_backward`` op here.  Three launches and one tiny reduction:
+
+1. dgrad kernel: ``dx = (dY W) * F'(x)`` and the coefficient partials ``ws [S, K/8, m+1+n]`` (fp32);
+2. ``fold_partials``: the second, deterministic pass — a fixed-shape ``torch.sum`` over
+   ``[S, g, K/(8g), P]`` (torch reductions use no atomics, so the result is bitwise reproducible);
+3. wgrad kernel: ``dW = dY^T F(x)`` (fp32 accumulate and output, cast to the weight's dtype);
+4. ``dbias = dY.sum(0)`` in fp32 (torch; a plain column reduction).
+
+Only x is needed (F(x) is recomputed inside the wgrad prologue).  The kernels are compiled on
+first use per (variant, device arch) with the DSL's JIT and cached for the process.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fusedkat.ops import rational_math as rm
+
+_AB = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
+                       denominator: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """None if the fused backward can run these arguments, else why not (for the dispatch probe)."""
+    if not (x.is_cuda and grad_out.is_cuda and weight.is_cuda):
+        return "fused backward needs CUDA tensors"
+    if x.dtype not in _AB:
+        return f"fused backward takes bf16/fp16 activations, got {x.dtype}"
+    major, _ = torch.cuda.get_device_capability(x.device)
+    if major < 8:
+        return "fused backward needs sm_80 or newer (mma.sync bf16/fp16)"
+    k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
+    if k % 8 or n_out % 8:
+        return f"fused backward needs K and N divisible by 8, got K={k}, N={n_out}"
+    if k % g or (k // g) % 8:
+        return f"fused backward needs (K / groups) % 8 == 0, got K={k}, groups={g}"
+    return None
+
+
+def fold_partials(ws: torch.Tensor, groups: int, shared_numerator: bool, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second pass: ``ws [S, K/8, m+1+n]`` -> ``(d_num (1|g, m+1), d_den (g, n))`` in fp32.
+
+    Chunks are contiguous in K, so chunk c belongs to group ``c // (K/8/g)``; the sum runs over the
+    row partials and the chunks of each group in a fixed order (deterministic).
+    """
+    s, chunks, p = ws.shape
+    per_group = ws.reshape(s, groups, chunks // groups, p).sum(dim=(0, 2))  # (g, P)
+    d_num = per_group[:, : m + 1]
+    if shared_numerator:
+        d_num = d_num.sum(dim=0, keepdim=True)
+    return d_num, per_group[:, m + 1 :]
+
+
+def _arch_of(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return "sm_80" if major >= 9 else f"sm_{major}{minor}"  # the mma.sync kernel; sm_90 runs sm_80 code
+
+
+def _as_cute(t: torch.Tensor, leading_dim: int):
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
+
+
+def _run(cfg, device, mA, mB, mC, mX, mWs, mNum, mDen, group_size: int) -> None:
+    """Launch ``cfg``'s kernel on ``(tensor, leading_dim)`` pairs; JIT-compiled on first use with
+    these very layouts (dynamic shapes), cached per (variant, arch) for the process."""
+    import cuda.bindings.driver as cuda
+    import cutlass
+
+    args = tuple(_as_cute(t, ld) for t, ld in (mA, mB, mC, mX, mWs, mNum, mDen))
+    stream = cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
+    key_args = (cfg, _arch_of(device))
+    fn = _COMPILED.get(key_args)
+    if fn is None:
+        import cutlass.cute as cute
+
+        from .bwd_sm80 import RationalBwdSm80
+
+        fn = cute.compile(RationalBwdSm80(cfg), *args, cutlass.Int32(group_size), stream,
+                          options=f"--gpu-arch {key_args[1]}")
+        _COMPILED[key_args] = fn
+    fn(*args, cutlass.Int32(group_size), stream)
+
+
+_COMPILED: dict = {}
+
+
+def rational_linear_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    weight: torch.Tensor,
+    has_bias: bool,
+    form: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused backward of ``rational_linear``; same contract as the torch implementation.
+
+    x ``[..., K]`` bf16/fp16 (CUDA); grad_out ``[..., N]``; numerator ``(1|g, m+1)``; denominator
+    ``(g, n)``; weight ``(N, K)``.  Returns ``(dx [x.shape, x.dtype], d_numerator, d_denominator,
+    d_weight [weight.dtype], d_bias (N,) [weight.dtype])`` (d_bias whatever ``has_bias`` says).
+    """
+    from .bwd_sm80 import CHUNK, BwdConfig
+
+    rm.check_form(form)
+    reason = unsupported_reason(grad_out, x, numerator, denominator, weight)
+    if reason is not None:
+        raise ValueError(reason)
+    ab = _AB[x.dtype]
+    k, n_out = x.shape[-1], weight.shape[0]
+    g = denominator.shape[0]
+    m, n = numerator.shape[1] - 1, denominator.shape[1]
+    shared = numerator.shape[0] == 1
+    x2 = x.reshape(-1, k).contiguous()
+    go = grad_out.reshape(-1, n_out).to(x.dtype).contiguous()
+    w = weight.to(x.dtype).contiguous()
+    num32 = numerator.to(torch.float32).contiguous()
+    den32 = denominator.to(torch.float32).contiguous()
+    rows = x2.shape[0]
+    if rows == 0:
+        z = torch.zeros
+        return (torch.zeros_like(x), z(numerator.shape, dtype=numerator.dtype, device=x.device),
+                z(denominator.shape, dtype=denominator.dtype, device=x.device),
+                z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
+
+    # 1. dgrad + coefficient partials
+    dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared)
+    bm = dcfg.tile[0]
+    s_rows = -(-rows // bm) * dcfg.atoms[0]
+    # Every (row, chunk) slot has exactly one writer (see bwd_sm80), so no zero-fill is needed.
+    ws = torch.empty((s_rows, k // CHUNK, dcfg.num_params), dtype=torch.float32, device=x.device)
+    dx = torch.empty_like(x2)
+    _run(dcfg, x.device, (go, 1), (w.t(), 0), (dx, 1), (x2, 1), (ws, 2), (num32, 1), (den32, 1), k // g)
+    # 2. deterministic second pass
+    d_num, d_den = fold_partials(ws, g, shared, m)
+
+    # 3. wgrad: dW = dY^T F(x), F applied in the kernel's prologue
+    wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
+    dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
+    _run(wcfg, x.device, (go.t(), 0), (x2.t(), 0), (dw, 1), (x2.t(), 0), (ws, 2), (num32, 1), (den32, 1), k // g)
+
+    # 4. dbias
+    d_bias = go.sum(dim=0, dtype=torch.float32)
+    return (dx.reshape(x.shape), d_num.to(numerator.dtype), d_den.to(denominator.dtype),
+            dw.to(weight.dtype), d_bias.to(weight.dtype))

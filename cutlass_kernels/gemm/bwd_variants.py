@@ -1,0 +1,39 @@
+"""Registry entries for the fused backward GEMMs (dgrad with the rational-derivative epilogue,
+wgrad with the rational prologue).  Imported by ``cutlass_kernels.gemm.variants``; cheap (no DSL).
+
+Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}``.  The sm_80 kernels (mma.sync) also
+run on sm_86/89/90; they are compiled for sm_80 only (an sm_90a WGMMA backward does not exist yet).
+"""
+from __future__ import annotations
+
+from fusedkat.ops import rational_math as rm
+
+from ..registry import Variant, make_variant
+
+_TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
+SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.gemm.bwd_sm80")
+#: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
+#: when the weight has another dtype.
+WGRAD_OUT = "fp32"
+
+
+def variant_name(mode: str, ab: str, c: str, form: str) -> str:
+    return f"rational_gemm_{mode}_sm80_{ab}_{c}_{form}"
+
+
+def variants() -> list[Variant]:
+    out = []
+    for mode in ("dgrad", "wgrad"):
+        for ab in ("bf16", "fp16"):
+            for form in rm.FORMS:
+                c = ab if mode == "dgrad" else WGRAD_OUT
+                # 8 warps x (4x4 m16n8k16 atoms x 2 k-blocks) = 32 HMMA in the unrolled main loop;
+                # dgrad's epilogue must use the fast reciprocal (MUFU.RCP) and warp shuffles (SHFL).
+                expect = {"HMMA": 32, "MUFU.RCP": 1}
+                if mode == "dgrad":
+                    expect["SHFL.BFLY"] = 1
+                out.append(make_variant(
+                    variant_name(mode, ab, c, form), _TARGET,
+                    {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form},
+                    arches=("sm_80",), expect_sass=expect, sources=SOURCES))
+    return out
