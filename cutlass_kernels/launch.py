@@ -1,0 +1,189 @@
+"""Torch-facing launchers of the CuTe kernels; same signatures as :mod:`fusedkat.ops.torch_impl`.
+
+``fusedkat.ops.custom_ops`` calls these when :mod:`fusedkat.ops.dispatch` picks ``"cute"`` (CUDA
+tensors, DSL importable, supported arch).  Inputs here are already validated by the op layer;
+float64 inputs (and tensors over 2^31 elements) are outside what the kernels are built for and run
+through the torch implementation — documented, and the only fallback.
+
+``rational_linear_*`` currently compose the elementwise kernels with torch matmuls (the
+"unfused" path); the fused rational GEMMs (issues 6/7) replace them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from fusedkat.ops import torch_impl
+
+from .config import dtype_name_of
+from .rational_elementwise import GroupRationalBwdConfig, GroupRationalConfig, max_vec
+from .rational_variants import SOURCES, VECS
+
+_MODULE = "cutlass_kernels.rational_elementwise"
+_INT32_MAX = 2**31 - 1
+#: Resident threads aimed for per SM: enough 16-byte loads in flight to saturate HBM.
+THREADS_PER_SM = 1024
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How a [rows, K] tensor with g groups is cut into vectors and threads (see rational_elementwise)."""
+
+    vec: int      # elements per vector
+    total: int    # vectors in the tensor
+    kvecs: int    # vectors per row (K / vec)
+    kvg: int      # vectors per group (K / g / vec)
+    rows_per_round: int  # L: the launch has S = L * kvecs threads
+    threads: int  # S
+
+    @property
+    def partial_shape(self) -> tuple[int, int, int]:
+        """(L, g, kvg): how the backward's per-thread partial sums fold onto groups."""
+        return self.rows_per_round, self.kvecs // self.kvg, self.kvg
+
+
+def plan(numel: int, k: int, groups: int, dtype: str, alignment: int, sm_count: int) -> LaunchPlan:
+    """Pick the widest compiled vector width that divides K/g and the pointers' common alignment
+    (bytes), and the number of threads (a multiple of K/vec so each thread stays in one group)."""
+    kg = k // groups
+    elsize = 16 // max_vec(dtype)
+    vec = next(v for v in VECS[dtype] if kg % v == 0 and alignment % (v * elsize) == 0)
+    rows = numel // k
+    kvecs = k // vec
+    target = max(1, sm_count * THREADS_PER_SM)
+    rows_per_round = max(1, min(rows, target // kvecs))
+    return LaunchPlan(vec, numel // vec, kvecs, kg // vec, rows_per_round, rows_per_round * kvecs)
+
+
+def _alignment(*tensors: torch.Tensor) -> int:
+    a = 16
+    for t in tensors:
+        while t.data_ptr() % a:
+            a //= 2
+    return a
+
+
+def _unsupported(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float64 or x.numel() > _INT32_MAX
+
+
+def _stream(device: torch.device):
+    import cuda.bindings.driver as cuda
+
+    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
+
+
+def _vec_tensor(t: torch.Tensor, vec: int):
+    """[total, vec] view as a CuTe tensor with a dynamic row count (matches the fake tensors)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    v = t.view(-1, vec)
+    return from_dlpack(v, assumed_align=vec * t.element_size()).mark_compact_shape_dynamic(
+        mode=0, stride_order=v.dim_order())
+
+
+def _coef_tensor(t: torch.Tensor, mode: int = 0):
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=4).mark_compact_shape_dynamic(mode=mode, stride_order=t.dim_order())
+
+
+def _arch(device: torch.device) -> str:
+    from .arch import arch_from_capability
+
+    return arch_from_capability(torch.cuda.get_device_capability(device))
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def group_rational_forward(
+    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
+) -> torch.Tensor:
+    """F(x) per group on CUDA. x ``[..., K]`` fp32/bf16/fp16; numerator ``(1|g, m+1)``;
+    denominator ``(g, n)``.  Returns a contiguous tensor of x's shape and dtype."""
+    if _unsupported(x):
+        return torch_impl.group_rational_forward(x, numerator, denominator, form)
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    if xc.numel() == 0:
+        return y
+    g, n = denominator.shape
+    dtype = dtype_name_of(x.dtype)
+    p = plan(xc.numel(), xc.shape[-1], g, dtype, _alignment(xc, y), _sm_count(x.device))
+    cfg = GroupRationalConfig(dtype=dtype, form=form, m=numerator.shape[1] - 1, n=n, vec=p.vec)
+    kernel = _get(cfg, "compile_forward", x.device)
+    num = numerator.detach().to(torch.float32).contiguous()
+    den = denominator.detach().to(torch.float32).contiguous()
+    kernel(_vec_tensor(xc, p.vec), _vec_tensor(y, p.vec), _coef_tensor(num), _coef_tensor(den),
+           p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, _stream(x.device))
+    return y
+
+
+def group_rational_backward(
+    grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, d_numerator, d_denominator)`` of ``sum(grad * F(x))`` on CUDA.
+
+    dx has x's shape/dtype; coefficient gradients are reduced deterministically (per-thread fp32
+    partial sums, then a fixed-order device sum) and returned in the coefficients' dtypes.
+    """
+    if _unsupported(x):
+        return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+    xc = x.contiguous()
+    gc = grad.to(x.dtype).contiguous()  # the kernel reads grad and x with one element type
+    dx = torch.empty_like(xc)
+    g, n = denominator.shape
+    m1 = numerator.shape[1]
+    if xc.numel() == 0:
+        return dx, torch.zeros_like(numerator), torch.zeros_like(denominator)
+    dtype = dtype_name_of(x.dtype)
+    p = plan(xc.numel(), xc.shape[-1], g, dtype, _alignment(xc, gc, dx), _sm_count(x.device))
+    cfg = GroupRationalBwdConfig(dtype=dtype, form=form, m=m1 - 1, n=n, vec=p.vec)
+    kernel = _get(cfg, "compile_backward", x.device)
+    num = numerator.detach().to(torch.float32).contiguous()
+    den = denominator.detach().to(torch.float32).contiguous()
+    part = torch.empty((m1 + n, p.threads), dtype=torch.float32, device=x.device)
+    kernel(_vec_tensor(gc, p.vec), _vec_tensor(xc, p.vec), _vec_tensor(dx, p.vec), _coef_tensor(part, mode=1),
+           _coef_tensor(num), _coef_tensor(den), p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1,
+           p.threads, _stream(x.device))
+    sums = part.view(m1 + n, *p.partial_shape).sum(dim=(1, 3))  # (m1+n, g), fixed order: deterministic
+    d_num = sums[:m1].t()
+    if numerator.shape[0] == 1:
+        d_num = d_num.sum(dim=0, keepdim=True)
+    d_den = sums[m1:].t()
+    return dx, d_num.to(numerator.dtype).contiguous(), d_den.to(denominator.dtype).contiguous()
+
+
+def _get(cfg: GroupRationalConfig, fn: str, device: torch.device):
+    from .runtime import get_kernel
+
+    fields = {"dtype": cfg.dtype, "form": cfg.form, "m": cfg.m, "n": cfg.n, "vec": cfg.vec}
+    return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES)
+
+
+def rational_linear_forward(
+    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
+    bias: Optional[torch.Tensor], form: str,
+) -> torch.Tensor:
+    """``linear(F(x), weight, bias)``: the rational kernel, then a torch (cuBLAS) matmul."""
+    return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
+
+
+def rational_linear_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+    weight: torch.Tensor, has_bias: bool, form: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, d_numerator, d_denominator, d_weight, d_bias)``; F(x) recomputed from x (never saved)."""
+    k, n_out = x.shape[-1], weight.shape[0]
+    go = grad_out.reshape(-1, n_out)
+    f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
+    d_weight = (go.t() @ f.to(go.dtype)).to(weight.dtype)
+    acc = torch.float64 if go.dtype == torch.float64 else torch.float32
+    d_bias = go.sum(dim=0, dtype=acc).to(weight.dtype)
+    g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
+    dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form)
+    return dx, d_num, d_den, d_weight, d_bias
