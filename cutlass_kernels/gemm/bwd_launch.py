@@ -15,6 +15,7 @@ first use per (variant, device arch) with the DSL's JIT and cached for the proce
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -22,6 +23,11 @@ import torch
 from fusedkat.ops import rational_math as rm
 
 _AB = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def enabled() -> bool:
+    """The fused backward is used unless ``FUSEDKAT_FUSED_BWD=0`` (read per call: cheap, testable)."""
+    return os.environ.get("FUSEDKAT_FUSED_BWD", "1") != "0"
 
 
 def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
@@ -34,6 +40,8 @@ def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch
     major, _ = torch.cuda.get_device_capability(x.device)
     if major < 8:
         return "fused backward needs sm_80 or newer (mma.sync bf16/fp16)"
+    if max(x.numel(), grad_out.numel(), weight.numel()) > 2**31 - 1:
+        return "fused backward indexes with 32-bit offsets: tensors over 2^31 elements run unfused"
     k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
     if k % 8 or n_out % 8:
         return f"fused backward needs K and N divisible by 8, got K={k}, N={n_out}"

@@ -29,7 +29,7 @@ from typing import Tuple, Type
 
 import cutlass
 import cutlass.cute as cute
-import cutlass.utils as utils
+from cutlass.tensor_utils import LayoutEnum
 
 from fusedkat.ops import rational_math as rm
 
@@ -125,8 +125,8 @@ class RationalBwdSm80:
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mC: cute.Tensor, mX: cute.Tensor,
                  mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
                  group_size: cutlass.Int32, stream):
-        a_major = utils.LayoutEnum.from_tensor(mA)
-        b_major = utils.LayoutEnum.from_tensor(mB)
+        a_major = LayoutEnum.from_tensor(mA)
+        b_major = LayoutEnum.from_tensor(mB)
         copy_bits = 128
         sA_layout, sA_swz = self._smem_layout_ab(a_major, (self.bM, self.bK, self.num_stages))
         sB_layout, sB_swz = self._smem_layout_ab(b_major, (self.bN, self.bK, self.num_stages))
@@ -189,11 +189,11 @@ class RationalBwdSm80:
     def _smem_layout_ab(self, major, tiler):
         """Swizzled (rows, bK, stages) smem layout so that ldmatrix reads are conflict-free."""
         width = self.ab_dtype.width
-        major_size = tiler[1] if major == utils.LayoutEnum.ROW_MAJOR else tiler[0]
+        major_size = tiler[1] if major == LayoutEnum.ROW_MAJOR else tiler[0]
         major_size = min(major_size, 128 * 8 // width)  # one 128-byte row per atom
         swz_bits = min(int(math.log2(major_size * width // 128)), 3)
         swizzle = cute.make_swizzle(swz_bits, 4, int(math.log2(128 // width)))
-        if major == utils.LayoutEnum.ROW_MAJOR:
+        if major == LayoutEnum.ROW_MAJOR:
             atom = cute.make_layout((8, major_size), stride=(major_size, 1))
         else:
             atom = cute.make_layout((major_size, 8), stride=(1, major_size))
@@ -211,7 +211,7 @@ class RationalBwdSm80:
     def _gmem_tiled_copy(self, atom, dtype, major, rows):
         """Thread layout that follows the contiguous mode, 128-bit vectors."""
         vec = 128 // dtype.width
-        if major == utils.LayoutEnum.ROW_MAJOR:
+        if major == LayoutEnum.ROW_MAJOR:
             cols = self.bK // vec
             thr = cute.make_layout((self.num_threads // cols, cols), stride=(cols, 1))
             val = cute.make_layout((1, vec))
@@ -331,8 +331,8 @@ class RationalBwdSm80:
         acc = tiled_mma.make_fragment_C(tCgC)
         acc.fill(0.0)
 
-        a_row_major = utils.LayoutEnum.from_tensor(mA) == utils.LayoutEnum.ROW_MAJOR
-        b_row_major = utils.LayoutEnum.from_tensor(mB) == utils.LayoutEnum.ROW_MAJOR
+        a_row_major = LayoutEnum.from_tensor(mA) == LayoutEnum.ROW_MAJOR
+        b_row_major = LayoutEnum.from_tensor(mB) == LayoutEnum.ROW_MAJOR
         s2r_A = cute.make_tiled_copy_A(
             cute.make_copy_atom(cute.nvgpu.warp.LdMatrix8x8x16bOp(not a_row_major, 4), self.ab_dtype), tiled_mma)
         s2r_B = cute.make_tiled_copy_B(
