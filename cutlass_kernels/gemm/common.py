@@ -170,3 +170,35 @@ def apply_rational(frag: cute.Tensor, chunks: Sequence[int], get_set: Callable[[
                 if chunks[v] == chunk:
                     x = frag[v, i].to(cutlass.Float32)
                     frag[v, i] = rm.forward(a, b, x, form, DslMath).to(dtype)
+
+
+# ---------------------------------------------------------------------------- epilogue
+@cute.jit
+def epilogue_bias_store(acc: cute.Tensor, mBias: cute.Tensor, mC: cute.Tensor, gC: cute.Tensor, cC: cute.Tensor,
+                        sC: cute.Tensor, thr_mma: Any, copy_C: Any, tidx: cutlass.Int32, dtype: cutlass.Constexpr):
+    """``acc + bias[col]`` (fp32) -> ``dtype`` -> swizzled smem tile ``sC`` -> predicated 128-bit stores
+    into ``gC`` (rows < M, 8-column vectors < N).  ``cC`` is the identity tile of ``gC``; the caller
+    makes sure nothing else still reads the smem behind ``sC``."""
+    tCcC = thr_mma.partition_C(cC)
+    last_col = mC.shape[1] - 1
+    for i in cutlass.range_constexpr(cute.size(acc)):
+        col = cutlass.min(tCcC[i][1], last_col)  # clamped, branch-free: columns >= N are not stored
+        acc[i] = acc[i] + mBias[col]
+    out = cute.make_fragment_like(acc, dtype)
+    out.store(acc.load().to(dtype))
+    cute.autovec_copy(out, thr_mma.partition_C(sC))
+    thr_C = copy_C.get_slice(tidx)
+    tsC, tgC, tcC = thr_C.partition_S(sC), thr_C.partition_D(gC), thr_C.partition_S(cC)
+    rC = cute.make_fragment_like(tsC)
+    cute.arch.sync_threads()
+    cute.autovec_copy(tsC, rC)
+    tpC = cute.make_rmem_tensor(
+        cute.make_layout((tgC.shape[0][1], cute.size(tgC, mode=[1]), cute.size(tgC, mode=[2])),
+                         stride=(cute.size(tgC, mode=[1]), 1, 0)), cutlass.Boolean)
+    for rv in cutlass.range_constexpr(tpC.shape[0]):
+        for r in cutlass.range_constexpr(tpC.shape[1]):
+            tpC[rv, r, 0] = cute.elem_less(tcC[(0, rv), r, 0][0], mC.shape[0])
+    for rv in cutlass.range_constexpr(tpC.shape[0]):
+        for c in cutlass.range_constexpr(tpC.shape[2]):
+            if cute.elem_less(tcC[(0, rv), 0, c][1], mC.shape[1]):
+                cute.copy(copy_C, rC[None, None, c], tgC[None, None, c], pred=tpC[None, None, c])

@@ -26,7 +26,7 @@ import cutlass
 import cutlass.cute as cute
 
 from .common import (MAX_GROUPS, FwdConfig, a_value_chunks, apply_rational, coef_set, dsl_dtype,
-                     fill_coef_table, rowmajor_tiled_copy, smem_layout_kmajor, smem_layout_rowmajor)
+                     epilogue_bias_store, fill_coef_table, rowmajor_tiled_copy, smem_layout_kmajor, smem_layout_rowmajor)
 
 
 class RationalGemmFwdSm80:
@@ -184,7 +184,7 @@ class RationalGemmFwdSm80:
 
         cute.arch.cp_async_wait_group(0)
         cute.arch.sync_threads()
-        self._epilogue(acc, mBias, mC, gC, cC, sC, thr_mma, copy_C, tidx)
+        epilogue_bias_store(acc, mBias, mC, gC, cC, sC, thr_mma, copy_C, tidx, self.dtype)
 
     # ------------------------------------------------------------------ helpers (trace time)
     def _row_pred(self, tXg, tXc, rows):
@@ -208,30 +208,3 @@ class RationalGemmFwdSm80:
 
         apply_rational(tCrA[None, None, kb], chunks if step == 8 else [0] * len(chunks), get_set,
                        cfg.form, self.dtype)
-
-    @cute.jit
-    def _epilogue(self, acc, mBias, mC, gC, cC, sC, thr_mma, copy_C, tidx):
-        """acc + bias -> output dtype -> smem -> predicated 128-bit global stores."""
-        tCcC = thr_mma.partition_C(cC)
-        last_col = mC.shape[1] - 1
-        for i in cutlass.range_constexpr(cute.size(acc)):
-            col = cutlass.min(tCcC[i][1], last_col)  # clamped, branch-free: columns >= N are not stored
-            acc[i] = acc[i] + mBias[col]
-        out = cute.make_fragment_like(acc, self.dtype)
-        out.store(acc.load().to(self.dtype))
-        cute.autovec_copy(out, thr_mma.partition_C(sC))
-        thr_C = copy_C.get_slice(tidx)
-        tsC, tgC, tcC = thr_C.partition_S(sC), thr_C.partition_D(gC), thr_C.partition_S(cC)
-        rC = cute.make_fragment_like(tsC)
-        cute.arch.sync_threads()
-        cute.autovec_copy(tsC, rC)
-        tpC = cute.make_rmem_tensor(
-            cute.make_layout((tgC.shape[0][1], cute.size(tgC, mode=[1]), cute.size(tgC, mode=[2])),
-                             stride=(cute.size(tgC, mode=[1]), 1, 0)), cutlass.Boolean)
-        for rv in cutlass.range_constexpr(tpC.shape[0]):
-            for r in cutlass.range_constexpr(tpC.shape[1]):
-                tpC[rv, r, 0] = cute.elem_less(tcC[(0, rv), r, 0][0], mC.shape[0])
-        for rv in cutlass.range_constexpr(tpC.shape[0]):
-            for c in cutlass.range_constexpr(tpC.shape[2]):
-                if cute.elem_less(tcC[(0, rv), 0, c][1], mC.shape[1]):
-                    cute.copy(copy_C, rC[None, None, c], tgC[None, None, c], pred=tpC[None, None, c])
