@@ -1,0 +1,107 @@
+"""GPU tests of the fused GR-KAN backward (dgrad + wgrad GEMMs); skipped without CUDA sm_80+.
+
+Gradients are compared with autograd through the independent float64 reference
+(tests/rational_reference.py) on the *same* bf16/fp16-rounded inputs, by relative Frobenius error:
+the kernels round F(x) to the MMA dtype inside wgrad and dx to x's dtype, so the bound is that of a
+bf16/fp16 GEMM, not of fp32.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rational_reference import reference_grads, reference_rational_linear
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+    pytest.skip("needs a CUDA GPU with sm_80 or newer", allow_module_level=True)
+pytest.importorskip("cutlass")
+
+from cutlass_kernels.gemm import bwd_launch  # noqa: E402
+
+# (rows M, K, N, groups, shared numerator): M tails, K in the KAT widths, groups 1..16.
+SHAPES = [
+    (394, 192, 768, 8, True),
+    (130, 768, 192, 8, False),
+    (77, 384, 1536, 4, True),
+    (256, 128, 64, 16, True),
+    (1000, 1536, 384, 1, False),
+]
+TOL = {torch.bfloat16: 1.5e-2, torch.float16: 4e-3}
+
+
+def _inputs(rows, k, n_out, g, shared, dtype, form, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(rows, k, device="cuda", generator=gen).to(dtype)
+    go = torch.randn(rows, n_out, device="cuda", generator=gen).to(dtype)
+    w = (torch.randn(n_out, k, device="cuda", generator=gen) / k**0.5)
+    num = torch.randn(1 if shared else g, 6, device="cuda", generator=gen) * 0.5
+    den = torch.randn(g, 4, device="cuda", generator=gen) * 0.5
+    return go, x, num, den, w
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("form", ["A", "B"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_backward_matches_float64_reference(shape, dtype, form):
+    go, x, num, den, w = _inputs(*shape, dtype, form)
+    w_mma = w.to(dtype)  # the kernel multiplies by the weight rounded to the MMA dtype
+    dx, dnum, dden, dw, db = bwd_launch.rational_linear_backward(go, x, num, den, w, True, form)
+    fn = lambda x_, n_, d_, w_, b_: reference_rational_linear(x_, n_, d_, w_, b_, form)  # noqa: E731
+    bias = torch.zeros(w.shape[0], device="cuda")
+    ref = reference_grads(fn, go, x, num, den, w_mma, bias)
+    for name, got, want in zip(("dx", "dnum", "dden", "dw", "db"), (dx, dnum, dden, dw, db), ref):
+        assert got.shape == want.shape, name
+        assert torch.isfinite(got).all(), name
+        assert _rel(got, want) < TOL[dtype], (name, _rel(got, want))
+    assert dx.dtype == x.dtype and dw.dtype == w.dtype and dnum.dtype == num.dtype
+
+
+@pytest.mark.parametrize("form", ["A", "B"])
+def test_fused_backward_is_bitwise_deterministic(form):
+    args = _inputs(1000, 768, 768, 8, True, torch.bfloat16, form, seed=3)
+    first = bwd_launch.rational_linear_backward(*args, True, form)
+    for _ in range(3):
+        again = bwd_launch.rational_linear_backward(*args, True, form)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+def test_fused_agrees_with_unfused_path(monkeypatch):
+    from cutlass_kernels import launch
+
+    args = _inputs(300, 384, 1536, 8, True, torch.bfloat16, "A", seed=5)
+    monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "1")
+    fused = launch.rational_linear_backward(*args, True, "A")
+    monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
+    unfused = launch.rational_linear_backward(*args, True, "A")
+    for name, a, b in zip(("dx", "dnum", "dden", "dw", "db"), fused, unfused):
+        assert _rel(a, b) < 2e-2, (name, _rel(a, b))
+
+
+def test_autograd_accumulates_into_existing_grad():
+    import fusedkat.ops as ops
+
+    go, x, num, den, w = _inputs(260, 192, 768, 8, True, torch.bfloat16, "A", seed=7)
+    w = w.to(torch.bfloat16)  # the op wants weight and bias in x's dtype
+    params = [t.clone().requires_grad_(True) for t in (num, den, w)]
+    bias = torch.randn(w.shape[0], device="cuda").to(torch.bfloat16).requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    prior = [torch.randn_like(p) for p in (*params, bias)]
+    for p, g0 in zip((*params, bias), prior):
+        p.grad = g0.clone()
+    with ops.use_backend("cute"):
+        y = ops.rational_linear(xr, params[0], params[1], params[2], bias, form="A")
+        y.backward(go.to(y.dtype))
+    fn = lambda x_, n_, d_, w_, b_: reference_rational_linear(x_, n_, d_, w_, b_, "A")  # noqa: E731
+    ref = reference_grads(fn, go, x, num, den, w, bias.detach())
+    assert _rel(xr.grad, ref[0]) < TOL[torch.bfloat16]
+    for p, g0, r in zip((*params, bias), prior, ref[1:]):
+        # bf16 .grad: the accumulation itself rounds, so compare the increment loosely.
+        assert _rel(p.grad.double() - g0.double(), r) < 3e-2
