@@ -9,8 +9,10 @@
   For each 16-wide k-block the A values go smem -> registers with ldmatrix, through F in fp32
   (:func:`fusedkat.ops.rational_math.forward`, ``rcp.approx``, coefficients from the smem table
   of :mod:`.common`) and back to bf16/fp16, then ``wgmma.fence`` and the asynchronous MMA.  The
-  MMA of block k is in flight while block k+1 is loaded and transformed (they use different
-  registers); the k-tile's group is waited for before its registers and smem stage are reused.
+  MMAs of the previous k-blocks (one commit group each) are in flight while block k is loaded and
+  transformed into its own registers; a block's registers are rewritten only after the MMA that
+  read them (``num_kb`` groups earlier) retired, and a smem stage is released one k-tile late,
+  once all its groups retired -- so there is no full drain between k-tiles.
 * Epilogue: ``acc + bias`` -> output dtype -> swizzled smem (aliasing the drained A stages) ->
   predicated 128-bit stores.
 
@@ -145,22 +147,30 @@ class RationalGemmFwdSm90:
                 prod.advance()
 
         cons = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
+        rel = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
         for k_tile in cutlass.range(k_tiles, unroll=1):
             pipe.consumer_wait(cons)
             for kb in cutlass.range_constexpr(num_kb):
+                # One MMA group per k-block.  Block kb's registers were last read by the MMA issued
+                # num_kb groups ago: wait for it, leaving the num_kb - 1 newer ones in flight, so
+                # this block's ldmatrix + F overlap the previous blocks' tensor-core work.
+                cute.nvgpu.warpgroup.wait_group(num_kb - 1)
                 cute.copy(s2r_A, tXsA[None, None, kb, cons.index], tXrA[None, None, kb])
                 self._transform(tCrA, kb, k_tile * self.bK + kb * 16, chunks, sCoef, group_size, last_group)
-                cute.nvgpu.warpgroup.fence()  # register writes above precede the async MMA's reads
+                cute.nvgpu.warpgroup.fence()  # the register writes above precede the async MMA's reads
                 cute.gemm(tiled_mma, acc, tCrA[None, None, kb], tCrB[None, None, kb, cons.index], acc)
-            cute.nvgpu.warpgroup.commit_group()
-            # The next k-tile rewrites tCrA and TMA may refill this stage: drain the MMAs first.
-            cute.nvgpu.warpgroup.wait_group(0)
-            pipe.consumer_release(cons)
+                cute.nvgpu.warpgroup.commit_group()
             cons.advance()
-            if warp_idx == 0:
-                if prod.count < k_tiles:
-                    self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
-                    prod.advance()
+            # The wait before the last block drained every group of the previous k-tile: its smem
+            # stage (B read by descriptor) can be refilled.
+            if k_tile > 0:
+                pipe.consumer_release(rel)
+                rel.advance()
+                if warp_idx == 0:
+                    if prod.count < k_tiles:
+                        self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        prod.advance()
+        cute.nvgpu.warpgroup.wait_group(0)
 
         cute.arch.sync_threads()
         epilogue_bias_store(acc, mBias, mC, gC, cC, sC, thr_mma, copy_C, tidx, self.dtype)
