@@ -20,7 +20,7 @@ SUPPORTED_ARCHES: tuple[str, ...] = ("sm_80", "sm_86", "sm_89", "sm_90a")
 #: Archs the build check compiles by default (one Ampere-class, one Hopper).
 DEFAULT_BUILD_ARCHES: tuple[str, ...] = ("sm_80", "sm_90a")
 
-_ARCH_RE = re.compile(r"^(?:sm_?)?(\d)(\d+)([af]?)$")
+_ARCH_RE = re.compile(r"^(?:sm_?)?(\d{1,2})(\d)([af]?)$")
 
 
 def normalize_arch(arch: str) -> str:
