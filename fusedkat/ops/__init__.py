@@ -24,7 +24,12 @@ from .custom_ops import (
     rational_linear_op,
 )
 from .dispatch import BACKENDS, choose as choose_backend, use_backend
+from .lowering import install_import_hook as _install_lowering_hook
 from .rational_math import DEFAULT_FORM, DEFAULT_GROUPS, DEFAULT_ORDER, FORMS, RationalSpec
+
+# Inductor decomposes the ops into fusable torch ops where no fused kernel runs (CPU); registered
+# lazily, when inductor is first imported, so that importing fusedkat stays fast.
+_install_lowering_hook()
 
 __all__ = [
     "group_rational",

@@ -1,0 +1,111 @@
+"""The ``"fusedkat"`` torch.compile backend and the inductor pre-grad pass object.
+
+``torch.compile(model, backend="fusedkat", mode=..., options=...)`` (the name is registered through
+the ``torch_dynamo_backends`` entry point in pyproject.toml) does three things and then hands the
+graph to inductor exactly as ``backend="inductor"`` would, with the user's mode and options:
+
+1. registers the device-aware lowering (:mod:`fusedkat.ops.lowering`): on a device with the fused
+   CuTe kernel ``rational_linear`` stays one opaque op, elsewhere it becomes torch ops inductor fuses;
+2. runs :func:`compile_passes.fuse.fuse_rational_linear` on the Dynamo graph;
+3. adds :data:`FUSE_PASS` to inductor's ``pre_grad_custom_pass`` list: a no-op after step 2, it is
+   there for its ``uuid()``, which puts this package's source hash and the lowering decision
+   (forced backend, GPU kernel availability) into inductor's and AOTAutograd's cache keys, so a
+   graph cached with one lowering is never reused for another.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .fuse import _fuse_graph, fuse_rational_linear, notify_observers
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _source_files() -> tuple[str, ...]:
+    import fusedkat.ops as fops
+
+    ops_dir = os.path.dirname(os.path.abspath(fops.__file__))
+    mine = tuple(sorted(os.path.join(_HERE, f) for f in os.listdir(_HERE) if f.endswith(".py")))
+    theirs = tuple(os.path.join(ops_dir, f) for f in
+                   ("custom_ops.py", "torch_impl.py", "rational_math.py", "lowering.py", "dispatch.py"))
+    return mine + theirs
+
+
+def _make_pass_class():
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class FuseRationalLinearPass(CustomGraphPass):
+        """Inductor pre-grad pass: :func:`fuse_rational_linear` on the graph inductor receives."""
+
+        def __call__(self, graph: fx.Graph) -> None:
+            owner = graph.owning_module
+            n = _fuse_graph(graph, owner)
+            if isinstance(owner, fx.GraphModule):
+                notify_observers(owner, n)
+
+        def uuid(self) -> Any:
+            from fusedkat.ops.lowering import lowering_state
+
+            return (get_hash_for_files(_source_files()).hex(), lowering_state())
+
+        def __repr__(self) -> str:
+            return "compile_passes.FuseRationalLinearPass()"
+
+    return FuseRationalLinearPass
+
+
+_PASS: Optional[Any] = None
+
+
+def fuse_pass() -> Any:
+    """The process-wide :class:`FuseRationalLinearPass` instance (a ``CustomGraphPass``)."""
+    global _PASS
+    if _PASS is None:
+        _PASS = _make_pass_class()()
+    return _PASS
+
+
+def with_fuse_pass(existing: Any) -> list[Any]:
+    """``existing`` (None, one pass or a list of them) with the fuse pass appended once."""
+    from torch._inductor.custom_graph_pass import get_custom_graph_passes
+
+    passes = list(get_custom_graph_passes(existing))
+    p = fuse_pass()
+    if not any(q is p for q in passes):
+        passes.append(p)
+    return passes
+
+
+def fusedkat_backend(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    mode: Optional[str] = None,
+    options: Optional[dict[str, Any]] = None,
+) -> Callable[..., Any]:
+    """A Dynamo backend: fuse rational->linear pairs, then compile with inductor.
+
+    Args:
+        gm: the Dynamo graph (torch-level, pre-grad).
+        example_inputs: its example inputs (fake tensors).
+        mode, options: what the user passed to ``torch.compile``; forwarded to inductor and validated
+            by it (an unknown option raises, as with ``backend="inductor"``).
+
+    Returns:
+        inductor's compiled callable.
+    """
+    from fusedkat.ops.lowering import register_inductor_decompositions
+
+    register_inductor_decompositions()
+    n = fuse_rational_linear(gm)
+    notify_observers(gm, n)
+
+    from torch._inductor import config as inductor_config
+
+    wrapper = torch._TorchCompileInductorWrapper(mode, options, dynamic=None)
+    user_passes = wrapper.config.get("pre_grad_custom_pass", inductor_config.pre_grad_custom_pass)
+    return wrapper(gm, example_inputs, config_patches={"pre_grad_custom_pass": with_fuse_pass(user_passes)})

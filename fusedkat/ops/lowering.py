@@ -1,0 +1,156 @@
+"""Device-aware lowering of the fusedkat custom ops for inductor.
+
+Eager mode and Dynamo graphs always see the four ``fusedkat::*`` ops as opaque calls.  When inductor
+lowers a graph (AOTAutograd traces it with inductor's decomposition table), each op is either
+
+* kept opaque, where :mod:`fusedkat.ops.dispatch` would run the CuTe kernel (a GPU with the fused
+  kernel): the kernel is the whole point there, or
+* decomposed into the plain torch ops of :mod:`fusedkat.ops.torch_impl` (CPU, unsupported GPUs,
+  ``FUSEDKAT_BACKEND=torch``): inductor then fuses the Horner rational into the neighbouring
+  elementwise kernels (LayerNorm, bias, residual) and the coefficient-gradient reductions into one
+  pass, instead of calling the eager torch implementation with its many temporaries.
+
+The decision is taken per call from the (fake) tensor's device when the graph is traced, with the
+same ``dispatch.choose`` that eager mode uses, so compiled and eager code run the same math.  The
+math is not re-derived here: the decompositions *are* the ``torch_impl`` functions.
+
+Registration: inductor's decomposition table lives in ``torch._inductor.decomposition``, whose import
+pulls in Dynamo (~1.5 s).  ``import fusedkat`` must stay fast, so :func:`install_import_hook` adds the
+entries right after that module is first imported (or at once if it already is); compile_passes'
+backend and ``install()`` call :func:`register_inductor_decompositions` directly.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import dispatch, torch_impl
+
+_INDUCTOR_DECOMP_MODULE = "torch._inductor.decomposition"
+_lock = threading.RLock()  # re-entered when the import below fires the import hook
+_registered = False
+
+
+def decompose_on(device: torch.device, op: str) -> bool:
+    """True if ``op`` runs the torch implementation on ``device`` (so it should be decomposed)."""
+    return dispatch.choose(device, op) == "torch"
+
+
+def _group_rational(x, numerator, denominator, form="A"):
+    if not decompose_on(x.device, "group_rational_forward"):
+        return NotImplemented
+    return torch_impl.group_rational_forward(x, numerator, denominator, form)
+
+
+def _group_rational_backward(grad, x, numerator, denominator, form):
+    if not decompose_on(x.device, "group_rational_backward"):
+        return NotImplemented
+    return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+
+
+def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
+    if not decompose_on(x.device, "rational_linear_forward"):
+        return NotImplemented
+    return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form)
+
+
+def _rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form):
+    if not decompose_on(x.device, "rational_linear_backward"):
+        return NotImplemented
+    return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
+
+
+def decompositions() -> dict[Any, Callable[..., Any]]:
+    """``{OpOverload: decomposition}`` for the four fusedkat ops (each returns NotImplemented to keep the op)."""
+    ops = torch.ops.fusedkat
+    return {
+        ops.group_rational.default: _group_rational,
+        ops.group_rational_backward.default: _group_rational_backward,
+        ops.rational_linear.default: _rational_linear,
+        ops.rational_linear_backward.default: _rational_linear_backward,
+    }
+
+
+def register_inductor_decompositions() -> None:
+    """Add the device-aware decompositions to inductor's table (idempotent; imports inductor)."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        import torch._inductor.decomposition as inductor_decomp
+
+        inductor_decomp.decompositions.update(decompositions())
+        _registered = True
+
+
+def is_registered() -> bool:
+    """Whether inductor's decomposition table holds the fusedkat entries."""
+    return _registered
+
+
+def lowering_state() -> str:
+    """A string that changes whenever the lowering decision could (for compile-cache keys).
+
+    It names the requested backend and, where CUDA is present, whether the CuTe kernels can run
+    on the current GPU; CPUs always decompose.
+    """
+    state = f"backend={dispatch.requested_backend()}"
+    if torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+        reasons = [dispatch.cute_unavailable_reason(dev, op) for op in
+                   ("group_rational_forward", "group_rational_backward",
+                    "rational_linear_forward", "rational_linear_backward")]
+        state += f";cuda={torch.cuda.get_device_capability(dev)};cute=" + ",".join(
+            "ok" if r is None else "no" for r in reasons)
+    return state
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """One-shot finder: runs :func:`register_inductor_decompositions` once inductor's table exists."""
+
+    def find_spec(self, fullname: str, path: Optional[Any], target: Any = None):  # noqa: D401
+        if fullname != _INDUCTOR_DECOMP_MODULE:
+            return None
+        _remove_hook()
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        original = spec.loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            # The module is complete; register before anyone calls select_decomp_table().
+            sys.modules.setdefault(fullname, module)
+            register_inductor_decompositions()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_hook: Optional[_AfterImport] = None
+
+
+def _remove_hook() -> None:
+    global _hook
+    if _hook is not None and _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
+    _hook = None
+
+
+def install_import_hook() -> None:
+    """Make plain ``torch.compile`` use the lowering without importing inductor now.
+
+    Registers at once if inductor's decomposition module is already imported, otherwise when it is.
+    """
+    global _hook
+    if _INDUCTOR_DECOMP_MODULE in sys.modules:
+        register_inductor_decompositions()
+        return
+    if _hook is None:
+        _hook = _AfterImport()
+        sys.meta_path.insert(0, _hook)
