@@ -53,7 +53,7 @@ class FwdConfig:
     m: int = rm.DEFAULT_ORDER[0]
     n: int = rm.DEFAULT_ORDER[1]
     tile: Tuple[int, int, int] = (128, 128, 32)
-    atoms: Tuple[int, int, int] = (2, 2, 1)  # warps along (M, N, K); sm_80 only
+    atoms: Tuple[int, int, int] = (4, 2, 1)  # warps along (M, N, K); sm_80 only
     stages: int = 3
     group_align: int = 8
 

@@ -48,3 +48,22 @@ def compile_fwd(cfg: FwdConfig, arch: str, options: Optional[str] = None) -> Any
     """``cute.compile`` one variant for ``arch`` with fake tensors (no GPU needed)."""
     opts = options if options is not None else f"--gpu-arch {normalize_arch(arch)}"
     return cute.compile(kernel_object(cfg, arch), *fake_arguments(cfg), options=opts)
+
+
+def compile_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Registry / runtime entry point: ``FwdConfig(**fields)`` compiled for ``arch`` with ``options``
+    (from :func:`cutlass_kernels.dsl.compile_options`).  ``kernel`` picks the class explicitly:
+    ``"sm80"`` (mma.sync; also valid for sm_90a) or ``"sm90"`` (WGMMA, sm_90a only)."""
+    kernel = fields.pop("kernel", None)
+    cfg = FwdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    if kernel == "sm80":
+        from .fwd_sm80 import RationalGemmFwdSm80
+
+        obj = RationalGemmFwdSm80(cfg)
+    elif kernel == "sm90":
+        from .fwd_sm90 import RationalGemmFwdSm90
+
+        obj = RationalGemmFwdSm90(cfg)
+    else:
+        obj = kernel_object(cfg, arch)
+    return cute.compile(obj, *fake_arguments(cfg), options=options)

@@ -1,0 +1,60 @@
+"""Registry entries of the fused rational GEMMs (``cutlass_kernels.registry.VARIANT_MODULES``).
+
+Cheap to import (no DSL).  Forward variants (issue 6) are listed here; the backward ones come from
+:mod:`.bwd_variants` (issue 7).  Names: ``rational_gemm_fwd_{sm80|sm90}_{dtype}_{form}[_...]``.
+
+Register budget (sm_80, 128x128x32 tile, 4x2 warps = 256 threads, 32x64 warp tiles): fp32
+accumulator 64 registers, A/B fragments of one 32-wide k-tile 16 + 32, one coefficient set
+(m+1+n = 10 fp32), Horner temporaries and addressing: 160-167 registers, 0 spills (one CTA of 8
+warps per SM).  The 2x2-warp layout with 64x64 warp tiles (the CUTLASS example's) reached the
+255-register cap with the prologue (the plain GEMM alone used 230) and spilled for form B / fp16.
+sm_90a: 64xbN fp32 accumulator per warpgroup (64 registers at bN=128, 128 at 256), the A fragment
+of one 64-wide k-tile 16, coefficients 10 -> 122 / 245 registers, 0 spills.
+"""
+from __future__ import annotations
+
+from fusedkat.ops import rational_math as rm
+
+from ..registry import Variant, make_variant
+
+TARGET = "cutlass_kernels.gemm.fwd_compile:compile_variant"
+SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
+                            "cutlass_kernels.gemm.fwd_sm80", "cutlass_kernels.gemm.fwd_sm90")
+
+#: Default tiles (also what the launcher's heuristic starts from).
+SM80_FIELDS = {"kernel": "sm80", "tile": (128, 128, 32), "atoms": (4, 2, 1), "stages": 3}
+SM90_FIELDS = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4}
+
+
+def fwd_variants() -> list[Variant]:
+    """Forward variants: both dtypes and forms per arch, plus the wide-N sm_90a tile."""
+    out = []
+    for dtype in ("bf16", "fp16"):
+        for form in rm.FORMS:
+            base = {"dtype": dtype, "form": form, "group_align": 8}
+            # main loop: 2 k-blocks x (2x8 m16n8k16 per warp) = 32 HMMA; F on 3 k-blocks of 16 values
+            out.append(make_variant(f"rational_gemm_fwd_sm80_{dtype}_{form}", TARGET, {**base, **SM80_FIELDS},
+                                    arches=("sm_80",), sources=SOURCES,
+                                    expect_sass={"HMMA": 32, "MUFU.RCP": 48, "LDSM": 8, "LDGSTS": 4}))
+            # main loop: 4 k-blocks x one 64x128x16 WGMMA; F on 4 x 8 values per thread
+            out.append(make_variant(f"rational_gemm_fwd_sm90_{dtype}_{form}", TARGET, {**base, **SM90_FIELDS},
+                                    arches=("sm_90a",), sources=SOURCES,
+                                    expect_sass={"HGMMA": 4, "MUFU.RCP": 32, "LDSM": 4, "UTMALDG": 2}))
+    out.append(make_variant("rational_gemm_fwd_sm90_bf16_A_n256_ga16", TARGET,
+                            {"dtype": "bf16", "form": "A", "group_align": 16, **SM90_FIELDS, "tile": (128, 256, 64)},
+                            arches=("sm_90a",), sources=SOURCES,
+                            expect_sass={"HGMMA": 4, "MUFU.RCP": 32, "LDSM": 4, "UTMALDG": 2}))
+    return out
+
+
+def variants() -> list[Variant]:
+    """Every fused GEMM variant (forward here, backward from :mod:`.bwd_variants`)."""
+    out = fwd_variants()
+    try:
+        from .bwd_variants import variants as bwd_variants
+    except ModuleNotFoundError as e:  # the backward module not present: forward only
+        if e.name != f"{__package__}.bwd_variants":
+            raise
+    else:
+        out += bwd_variants()
+    return out
