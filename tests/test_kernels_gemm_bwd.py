@@ -100,3 +100,37 @@ def test_compiles_for_sm80_with_tensor_cores_and_no_spills(mode, tmp_path):
     assert not row["errors"], row["errors"]
     assert row["spills"] == 0
     assert row["sass"].get("HMMA", 0) >= 32, row["sass"]
+
+
+def _layout_text(t) -> str:
+    """'(shape):(stride)' of a fake or runtime CuTe tensor, without pointer / memory space."""
+    s = str(t)
+    s = s.split(" o ", 1)[1] if " o " in s else s.split(", ", 1)[1]  # runtime / fake spelling
+    return s.rstrip(">").replace("?{div=1}", "?").replace(" ", "").replace("),(", "):(")
+
+
+@pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_launcher_arguments_match_the_compiled_signature(mode, shared):
+    """The kernel is compiled once with fake tensors and called with torch tensors: their dynamic
+    modes, divisibilities and stride types must agree, or the argument packing is garbage."""
+    pytest.importorskip("cutlass")
+    from cutlass_kernels.gemm.bwd_compile import fake_arguments
+    from cutlass_kernels.gemm.bwd_launch import dgrad_arguments, wgrad_arguments
+    from cutlass_kernels.gemm.bwd_sm80 import BwdConfig
+
+    rows, k, n_out, g = 300, 192, 768, 8
+    go, w = torch.randn(rows, n_out).bfloat16(), torch.randn(n_out, k).bfloat16()
+    x = torch.randn(rows, k).bfloat16()
+    ws = torch.empty(6, k // 8, 10)
+    num, den = torch.randn(1 if shared else g, 6), torch.randn(g, 4)
+    if mode == "dgrad":
+        cfg = BwdConfig("dgrad", "bf16", "bf16", shared_numerator=shared)
+        got = dgrad_arguments(go, w, torch.empty_like(x), x, ws, num, den)
+    else:
+        cfg = BwdConfig("wgrad", "bf16", "fp32", shared_numerator=shared)
+        got = wgrad_arguments(go, x, torch.empty(n_out, k), ws, num, den)
+    want = fake_arguments(cfg)[:7]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.element_type == b.element_type, i
+        assert _layout_text(a) == _layout_text(b), (i, str(a), str(b))

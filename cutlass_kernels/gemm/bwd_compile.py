@@ -13,7 +13,7 @@ import functools
 
 import cutlass
 import cutlass.cute as cute
-from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream, make_fake_tensor
+from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
 
 from .bwd_sm80 import BwdConfig, RationalBwdSm80, dsl_dtype
 
@@ -21,26 +21,37 @@ SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 
 
 def fake_arguments(cfg: BwdConfig):
-    """Fake tensors with the layouts the launcher passes (see RationalBwdSm80's table)."""
+    """Fake tensors with the layouts the launcher passes (see RationalBwdSm80's table).
+
+    Every tensor is compact; dynamic modes are exactly those the launcher marks dynamic with
+    ``mark_compact_shape_dynamic`` (same divisibility), so the compiled function's argument packing
+    matches the runtime tensors.  ``stride_order`` here ranks modes (0 = contiguous); K and N are
+    declared divisible by 8 so 128-bit cp.async of every row is provably aligned.
+    """
     ab = dsl_dtype(cfg.ab_dtype)
     c = dsl_dtype(cfg.c_dtype)
     M = cute.sym_int()
     N = cute.sym_int(divisibility=8)
     K = cute.sym_int(divisibility=8)
     f32 = cutlass.Float32
+    row, col = (1, 0), (0, 1)  # row-major (last mode contiguous) / transposed view (first mode contiguous)
+
+    def t(dtype, shape, order):
+        return make_fake_compact_tensor(dtype, shape, stride_order=order, assumed_align=16)
+
     num_rows = 1 if cfg.shared_numerator else cute.sym_int()
-    num = make_fake_compact_tensor(f32, (num_rows, cfg.m + 1), stride_order=(1, 0))
-    den = make_fake_compact_tensor(f32, (cute.sym_int(), cfg.n), stride_order=(1, 0))
-    ws = make_fake_compact_tensor(f32, (cute.sym_int(), cute.sym_int(), cfg.num_params), stride_order=(2, 1, 0))
+    num = t(f32, (num_rows, cfg.m + 1), row)
+    den = t(f32, (cute.sym_int(), cfg.n), row)
+    ws = t(f32, (cute.sym_int(), cute.sym_int(), cfg.num_params), (2, 1, 0))
     if cfg.mode == "dgrad":
-        mA = make_fake_tensor(ab, (M, N), (N, 1), assumed_align=16)  # dY
-        mB = make_fake_tensor(ab, (K, N), (1, K), assumed_align=16)  # W^T view
-        mC = make_fake_tensor(c, (M, K), (K, 1), assumed_align=16)  # dx
-        mX = make_fake_tensor(ab, (M, K), (K, 1), assumed_align=16)  # x
+        mA = t(ab, (M, N), row)  # dY
+        mB = t(ab, (K, N), col)  # W^T view of W (N, K)
+        mC = t(c, (M, K), row)  # dx
+        mX = t(ab, (M, K), row)  # x
     else:
-        mA = make_fake_tensor(ab, (N, M), (1, N), assumed_align=16)  # dY^T view
-        mB = make_fake_tensor(ab, (K, M), (1, K), assumed_align=16)  # x^T view
-        mC = make_fake_tensor(c, (N, K), (K, 1), assumed_align=16)  # dW
+        mA = t(ab, (N, M), col)  # dY^T view
+        mB = t(ab, (K, M), col)  # x^T view
+        mC = t(c, (N, K), row)  # dW
         mX = mB
     return mA, mB, mC, mX, ws, num, den, cutlass.Int32(8), make_fake_stream()
 
@@ -54,8 +65,9 @@ def compile_bwd(cfg: BwdConfig, arch: str = "sm_80"):
     return cute.compile(kernel, *fake_arguments(cfg), options=f"--gpu-arch {arch}")
 
 
-def compile_variant(arch: str, options: str, mode: str, ab_dtype: str, c_dtype: str, form: str):
-    """Registry entry point (``cutlass_kernels.gemm.bwd_variants``): ``options`` carries the arch
-    and dump dir chosen by ``cutlass_kernels.build``."""
-    cfg = BwdConfig(mode, ab_dtype, c_dtype, form)
+def compile_variant(arch: str, options: str, mode: str, ab_dtype: str, c_dtype: str, form: str,
+                    m: int = 5, n: int = 4, shared_numerator: bool = True):
+    """Registry / runtime entry point (``cutlass_kernels.build`` and ``cutlass_kernels.runtime``
+    call it with ``options`` carrying the arch and, for the build, the dump dir)."""
+    cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
     return cute.compile(RationalBwdSm80(cfg), *fake_arguments(cfg), options=options)

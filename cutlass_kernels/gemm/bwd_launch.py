@@ -11,7 +11,8 @@
 4. ``dbias = dY.sum(0)`` in fp32 (torch; a plain column reduction).
 
 Only x is needed (F(x) is recomputed inside the wgrad prologue).  The kernels are compiled on
-first use per (variant, device arch) with the DSL's JIT and cached for the process.
+first use per (variant, device arch) through :func:`cutlass_kernels.runtime.get_kernel` (fake-tensor
+compile, AOT disk cache); the runtime tensors are marked dynamic exactly as the fake ones.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch
     if x.dtype not in _AB:
         return f"fused backward takes bf16/fp16 activations, got {x.dtype}"
     major, _ = torch.cuda.get_device_capability(x.device)
-    if major < 8:
-        return "fused backward needs sm_80 or newer (mma.sync bf16/fp16)"
+    if major not in (8, 9):
+        return "the fused backward (mma.sync) is built for sm_80..sm_90 GPUs"
     if max(x.numel(), grad_out.numel(), weight.numel()) > 2**31 - 1:
         return "fused backward indexes with 32-bit offsets: tensors over 2^31 elements run unfused"
     k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
@@ -64,39 +65,50 @@ def fold_partials(ws: torch.Tensor, groups: int, shared_numerator: bool, m: int)
     return d_num, per_group[:, m + 1 :]
 
 
-def _arch_of(device: torch.device) -> str:
-    major, minor = torch.cuda.get_device_capability(device)
-    return "sm_80" if major >= 9 else f"sm_{major}{minor}"  # the mma.sync kernel; sm_90 runs sm_80 code
-
-
-def _as_cute(t: torch.Tensor, leading_dim: int):
+def _cute(t: torch.Tensor, dynamic: dict[int, int]):
+    """CuTe view of a compact tensor with ``dynamic`` = {mode: divisibility} marked dynamic: the same
+    dynamic modes and divisibilities as :func:`bwd_compile.fake_arguments` declares."""
     from cutlass.cute.runtime import from_dlpack
 
-    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
+    ct = from_dlpack(t, assumed_align=16)
+    for mode, div in dynamic.items():
+        ct = ct.mark_compact_shape_dynamic(mode=mode, stride_order=t.dim_order(), divisibility=div)
+    return ct
 
 
-def _run(cfg, device, mA, mB, mC, mX, mWs, mNum, mDen, group_size: int) -> None:
-    """Launch ``cfg``'s kernel on ``(tensor, leading_dim)`` pairs; JIT-compiled on first use with
-    these very layouts (dynamic shapes), cached per (variant, arch) for the process."""
+def _coef_arguments(ws, num32, den32):
+    shared = num32.shape[0] == 1
+    return _cute(ws, {0: 1, 1: 1}), _cute(num32, {} if shared else {0: 1}), _cute(den32, {0: 1})
+
+
+def dgrad_arguments(go, w, dx, x2, ws, num32, den32) -> tuple:
+    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the dgrad kernel: dY, W^T view, dx, x, partials."""
+    return (_cute(go, {0: 1, 1: 8}), _cute(w.t(), {0: 8, 1: 8}), _cute(dx, {0: 1, 1: 8}),
+            _cute(x2, {0: 1, 1: 8}), *_coef_arguments(ws, num32, den32))
+
+
+def wgrad_arguments(go, x2, dw, ws, num32, den32) -> tuple:
+    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the wgrad kernel: dY^T and x^T views, dW."""
+    xt = _cute(x2.t(), {0: 8, 1: 1})
+    return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt, *_coef_arguments(ws, num32, den32))
+
+
+def _kernel(cfg, device: torch.device):
+    """Compiled kernel of ``cfg`` for the device's arch (memo, then AOT disk cache, then JIT)."""
+    from ..arch import arch_from_capability
+    from ..runtime import get_kernel
+    from .bwd_variants import SOURCES
+
+    fields = {"mode": cfg.mode, "ab_dtype": cfg.ab_dtype, "c_dtype": cfg.c_dtype, "form": cfg.form,
+              "m": cfg.m, "n": cfg.n, "shared_numerator": cfg.shared_numerator}
+    arch = arch_from_capability(torch.cuda.get_device_capability(device))
+    return get_kernel("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, SOURCES)
+
+
+def _stream(device: torch.device):
     import cuda.bindings.driver as cuda
-    import cutlass
 
-    args = tuple(_as_cute(t, ld) for t, ld in (mA, mB, mC, mX, mWs, mNum, mDen))
-    stream = cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
-    key_args = (cfg, _arch_of(device))
-    fn = _COMPILED.get(key_args)
-    if fn is None:
-        import cutlass.cute as cute
-
-        from .bwd_sm80 import RationalBwdSm80
-
-        fn = cute.compile(RationalBwdSm80(cfg), *args, cutlass.Int32(group_size), stream,
-                          options=f"--gpu-arch {key_args[1]}")
-        _COMPILED[key_args] = fn
-    fn(*args, cutlass.Int32(group_size), stream)
-
-
-_COMPILED: dict = {}
+    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
 
 
 def rational_linear_backward(
@@ -144,14 +156,18 @@ def rational_linear_backward(
     # Every (row, chunk) slot has exactly one writer (see bwd_sm80), so no zero-fill is needed.
     ws = torch.empty((s_rows, k // CHUNK, dcfg.num_params), dtype=torch.float32, device=x.device)
     dx = torch.empty_like(x2)
-    _run(dcfg, x.device, (go, 1), (w.t(), 0), (dx, 1), (x2, 1), (ws, 2), (num32, 1), (den32, 1), k // g)
+    import cutlass
+
+    _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32),
+                            cutlass.Int32(k // g), _stream(x.device))
     # 2. deterministic second pass
     d_num, d_den = fold_partials(ws, g, shared, m)
 
     # 3. wgrad: dW = dY^T F(x), F applied in the kernel's prologue
     wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
-    _run(wcfg, x.device, (go.t(), 0), (x2.t(), 0), (dw, 1), (x2.t(), 0), (ws, 2), (num32, 1), (den32, 1), k // g)
+    _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32),
+                            cutlass.Int32(k // g), _stream(x.device))
 
     # 4. dbias
     d_bias = go.sum(dim=0, dtype=torch.float32)

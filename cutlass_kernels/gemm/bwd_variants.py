@@ -11,7 +11,7 @@ from fusedkat.ops import rational_math as rm
 from ..registry import Variant, make_variant
 
 _TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
-SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.gemm.bwd_sm80")
+SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.bwd_sm80")
 #: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
 #: when the weight has another dtype.
 WGRAD_OUT = "fp32"

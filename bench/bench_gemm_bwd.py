@@ -1,0 +1,90 @@
+"""Fused GR-KAN backward (issue 7) vs a plain linear layer's backward and vs the unfused backward.
+
+pytest-benchmark group ``gemm_bwd``; GPU only (skipped without CUDA sm_80/sm_90 and the DSL).
+Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128 * 197 tokens; K -> N = D -> 4D and 4D -> D),
+``FUSEDKAT_BENCH_SIZE=small`` uses batch 8.  Implementations (test ids):
+
+* ``cublas_linear_bwd`` — the floor: the two cuBLAS GEMMs of a plain linear backward
+  (``dX = dY W``, ``dW = dY^T X``) plus ``dY.sum(0)``; no rational at all.  Goal: fused <= 1.2x.
+* ``unfused`` — ``cutlass_kernels.launch.rational_linear_backward`` with ``FUSEDKAT_FUSED_BWD=0``:
+  F(x) recomputed by the elementwise kernel, cuBLAS GEMMs, the rational backward kernel.
+* ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward` (dgrad with the
+  F'(x) epilogue + deterministic partials, wgrad with the F prologue).
+
+``extra_info`` holds the shape and the ratio inputs; with ``--benchmark-disable`` each function runs
+once and the fused result is checked against the unfused one (so this file is also a GPU test).
+"""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from bench._harness import bench_size, measure
+
+pytestmark = pytest.mark.gpu
+
+KAT_DIMS = {"T": 192, "S": 384, "B": 768}
+TOKENS = 197
+BATCH = {"small": 8, "paper": 128}
+GROUPS = 8
+IMPLS = ("cublas_linear_bwd", "unfused", "fused")
+
+
+def _available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (8, 9):
+        return False
+    try:
+        import cutlass  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cases():
+    for model, d in KAT_DIMS.items():
+        yield pytest.param(model, d, 4 * d, id=f"KAT-{model}-fc1")
+        yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
+
+
+def _inputs(k: int, n_out: int):
+    rows = BATCH[bench_size()] * TOKENS
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    go = torch.randn(rows, n_out, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = (torch.randn(n_out, k, device="cuda", generator=gen) / k**0.5).to(torch.bfloat16)
+    num = torch.randn(1, 6, device="cuda", generator=gen) * 0.5
+    den = torch.randn(GROUPS, 4, device="cuda", generator=gen) * 0.5
+    return go, x, num, den, w
+
+
+@pytest.mark.skipif(not _available(), reason="needs CUDA sm_80/sm_90 and the CuTe DSL")
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("model,k,n_out", list(_cases()))
+def test_gemm_bwd(benchmark, impl, model, k, n_out, monkeypatch):
+    from cutlass_kernels import launch
+    from cutlass_kernels.gemm import bwd_launch
+
+    go, x, num, den, w = _inputs(k, n_out)
+    device = x.device
+    if impl == "cublas_linear_bwd":
+        def fn():
+            return go @ w, go.t() @ x, go.sum(0, dtype=torch.float32)
+    elif impl == "unfused":
+        monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
+
+        def fn():
+            return launch.rational_linear_backward(go, x, num, den, w, True, "A")
+    else:
+        def fn():
+            return bwd_launch.rational_linear_backward(go, x, num, den, w, True, "A")
+
+    out = measure(benchmark, fn, group=f"gemm_bwd_{model}_{k}x{n_out}", impl=impl, device=device,
+                  model=f"KAT-{model}", rows=x.shape[0], k=k, n=n_out, groups=GROUPS,
+                  flops=2 * 2 * x.shape[0] * k * n_out)
+    if impl == "fused" and benchmark.disabled:
+        monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
+        ref = launch.rational_linear_backward(go, x, num, den, w, True, "A")
+        for a, b in zip(out, ref):
+            rel = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+            assert rel < 3e-2, rel
