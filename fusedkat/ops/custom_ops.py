@@ -32,16 +32,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import profiling
 from . import dispatch, torch_impl
 from .validation import check_linear_args, check_rational_args
 
 
 def _run(op: str, device: torch.device, *args):
-    if dispatch.choose(device, op) == "cute":
-        from cutlass_kernels import launch  # imported lazily: the DSL is heavy and GPU-only
+    with profiling.op_range(op, device, args):  # NVTX range per launch (issue 8); no-op unless enabled
+        if dispatch.choose(device, op) == "cute":
+            from cutlass_kernels import launch  # imported lazily: the DSL is heavy and GPU-only
 
-        return getattr(launch, op)(*args)
-    return getattr(torch_impl, op)(*args)
+            return getattr(launch, op)(*args)
+        return getattr(torch_impl, op)(*args)
 
 
 def _check_linear(x: Tensor, numerator: Tensor, denominator: Tensor, weight: Tensor,
