@@ -1,0 +1,111 @@
+"""``fusedkat info``: versions, device, which backend each op dispatches to, kernel cache."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def _version(dist: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _dir_size(path: Path) -> tuple[int, int]:
+    """(files, bytes) under ``path`` (0, 0 if it does not exist)."""
+    files = size = 0
+    if path.is_dir():
+        for root, _, names in os.walk(path):
+            for n in names:
+                try:
+                    size += os.path.getsize(os.path.join(root, n))
+                    files += 1
+                except OSError:  # a file removed while we walk (another process's cache write)
+                    pass
+    return files, size
+
+
+def _kernel_cache() -> dict:
+    try:
+        from cutlass_kernels.cache import default_cache_dir  # plain module: does not import the DSL
+    except ImportError as e:
+        return {"path": None, "error": str(e)}
+    path = default_cache_dir()
+    files, size = _dir_size(path)
+    return {"path": str(path), "exists": path.is_dir(), "files": files, "bytes": size}
+
+
+def _ops_dispatch(device: torch.device) -> dict:
+    """Which implementation ("torch" or "cute") each fusedkat op runs with on ``device``, and why."""
+    from ..ops import dispatch
+
+    out = {}
+    for op in ("group_rational_forward", "group_rational_backward",
+               "rational_linear_forward", "rational_linear_backward"):
+        try:
+            backend = dispatch.choose(device, op)
+            reason = None if backend == "cute" else dispatch.cute_unavailable_reason(device, op)
+        except Exception as e:  # forced backend that cannot run: report, don't crash `info`
+            backend, reason = "error", str(e)
+        out[op] = {"backend": backend, "why_not_cute": reason}
+    return out
+
+
+def collect() -> dict:
+    """Everything ``fusedkat info`` prints, as a dict (also what ``--json`` writes)."""
+    import fusedkat
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dev = {"type": device.type, "name": platform.processor() or platform.machine(),
+           "cpu_threads": torch.get_num_threads()}
+    if cuda:
+        cap = torch.cuda.get_device_capability(device)
+        dev.update(name=torch.cuda.get_device_name(device), capability=f"sm_{cap[0]}{cap[1]}",
+                   memory_bytes=torch.cuda.get_device_properties(device).total_memory)
+    return {
+        "fusedkat": fusedkat.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "timm": _version("timm"),
+        "nvidia_cutlass_dsl": _version("nvidia-cutlass-dsl"),
+        "device": dev,
+        "backend_requested": os.environ.get("FUSEDKAT_BACKEND", "auto"),
+        "ops": _ops_dispatch(device),
+        "kernel_cache": _kernel_cache(),
+    }
+
+
+def format_info(d: dict) -> str:
+    dev = d["device"]
+    lines = [
+        f"fusedkat            {d['fusedkat']}",
+        f"python              {d['python']}",
+        f"torch               {d['torch']} (built with CUDA {d['torch_cuda'] or 'none'}; "
+        f"CUDA available: {'yes' if d['cuda_available'] else 'no'})",
+        f"timm                {d['timm'] or 'not installed'}",
+        f"nvidia-cutlass-dsl  {d['nvidia_cutlass_dsl'] or 'not installed'}",
+        f"device              {dev['type']}: {dev['name']}"
+        + (f" ({dev['capability']}, {dev['memory_bytes'] / 2**30:.1f} GiB)" if dev["type"] == "cuda"
+           else f" ({dev['cpu_threads']} torch threads)"),
+        f"backend requested   {d['backend_requested']} (FUSEDKAT_BACKEND)",
+        "ops on this device:",
+    ]
+    for op, v in d["ops"].items():
+        why = f"  ({v['why_not_cute']})" if v["why_not_cute"] else ""
+        lines.append(f"  {op:<26}{v['backend']}{why}")
+    kc = d["kernel_cache"]
+    if kc.get("path") is None:
+        lines.append(f"kernel cache        unavailable ({kc.get('error')})")
+    else:
+        state = f"{kc['files']} files, {kc['bytes'] / 2**20:.1f} MiB" if kc["exists"] else "empty (not created yet)"
+        lines.append(f"kernel cache        {kc['path']}  [{state}]  (set FUSEDKAT_CACHE_DIR to move it)")
+    return "\n".join(lines)
