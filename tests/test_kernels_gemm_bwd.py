@@ -85,7 +85,7 @@ def test_registered_variants_names_and_expectations():
     assert len(names) == len(vs) == 8
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
-        assert dict(v.expect_sass)["HMMA"] >= 1 and v.arches == ("sm_80",)
+        assert dict(v.expect_sass)["HMMA"] >= 1 and v.arches == ("sm_80", "sm_90a")
 
 
 @pytest.mark.parametrize("mode", ["dgrad", "wgrad"])

@@ -65,6 +65,12 @@ def fold_partials(ws: torch.Tensor, groups: int, shared_numerator: bool, m: int)
     return d_num, per_group[:, m + 1 :]
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its data is 16-byte aligned (the kernels' 128-bit copies assume it), else a
+    copy (a contiguous view at an odd offset, e.g. a slice of a flat buffer)."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _cute(t: torch.Tensor, dynamic: dict[int, int]):
     """CuTe view of a compact tensor with ``dynamic`` = {mode: divisibility} marked dynamic: the same
     dynamic modes and divisibilities as :func:`bwd_compile.fake_arguments` declares."""
@@ -137,9 +143,9 @@ def rational_linear_backward(
     g = denominator.shape[0]
     m, n = numerator.shape[1] - 1, denominator.shape[1]
     shared = numerator.shape[0] == 1
-    x2 = x.reshape(-1, k).contiguous()
-    go = grad_out.reshape(-1, n_out).to(x.dtype).contiguous()
-    w = weight.to(x.dtype).contiguous()
+    x2 = _aligned(x.reshape(-1, k).contiguous())
+    go = _aligned(grad_out.reshape(-1, n_out).to(x.dtype).contiguous())
+    w = _aligned(weight.to(x.dtype).contiguous())
     num32 = numerator.to(torch.float32).contiguous()
     den32 = denominator.to(torch.float32).contiguous()
     rows = x2.shape[0]

@@ -1,8 +1,9 @@
 """Registry entries for the fused backward GEMMs (dgrad with the rational-derivative epilogue,
 wgrad with the rational prologue).  Imported by ``cutlass_kernels.gemm.variants``; cheap (no DSL).
 
-Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}``.  The sm_80 kernels (mma.sync) also
-run on sm_86/89/90; they are compiled for sm_80 only (an sm_90a WGMMA backward does not exist yet).
+Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}`` (``sm80``: the mma.sync kernel family).
+They are built for sm_80 and for sm_90a, which is what the launcher compiles on an H100/H200 (an
+sm_80 cubin does not load on sm_90; there is no WGMMA backward yet, so HMMA is expected there too).
 """
 from __future__ import annotations
 
@@ -35,5 +36,5 @@ def variants() -> list[Variant]:
                 out.append(make_variant(
                     variant_name(mode, ab, c, form), _TARGET,
                     {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form},
-                    arches=("sm_80",), expect_sass=expect, sources=SOURCES))
+                    arches=("sm_80", "sm_90a"), expect_sass=expect, sources=SOURCES))
     return out
