@@ -169,7 +169,12 @@ def rational_linear_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
     bias: Optional[torch.Tensor], form: str,
 ) -> torch.Tensor:
-    """``linear(F(x), weight, bias)``: the rational kernel, then a torch (cuBLAS) matmul."""
+    """``linear(F(x), weight, bias)``: the fused rational GEMM (issue 6) when it takes these
+    arguments (``FUSEDKAT_FUSED_FWD=0``: off), else the rational kernel then a torch (cuBLAS) matmul."""
+    from .gemm import fwd_launch
+
+    if fwd_launch.enabled() and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
+        return fwd_launch.rational_linear_forward(x, numerator, denominator, weight, bias, form)
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
 

@@ -50,20 +50,69 @@ def compile_fwd(cfg: FwdConfig, arch: str, options: Optional[str] = None) -> Any
     return cute.compile(kernel_object(cfg, arch), *fake_arguments(cfg), options=opts)
 
 
-def compile_variant(arch: str, options: str, **fields: Any) -> Any:
-    """Registry / runtime entry point: ``FwdConfig(**fields)`` compiled for ``arch`` with ``options``
-    (from :func:`cutlass_kernels.dsl.compile_options`).  ``kernel`` picks the class explicitly:
-    ``"sm80"`` (mma.sync; also valid for sm_90a) or ``"sm90"`` (WGMMA, sm_90a only)."""
+class PointerEntry:
+    """The launchable form of a forward kernel: raw global pointers and int sizes in, tensors built
+    inside the trace.  Its ABI is plain (pointers + Int32s + stream), so the function compiled here
+    with placeholder values (no GPU) is exactly the one launched with real ``data_ptr()`` values --
+    no dependence on how DLPack tensors would be typed.  N and K arrive as N/8 and K/8 so the
+    compiler knows rows are 16-byte aligned (128-bit copies, TMA)."""
+
+    def __init__(self, kernel: Any, cfg: FwdConfig):
+        self.kernel = kernel
+        self.cfg = cfg
+
+    @cute.jit
+    def __call__(self, pA: cute.Pointer, pB: cute.Pointer, pC: cute.Pointer, pBias: cute.Pointer,
+                 pNum: cute.Pointer, pDen: cute.Pointer, M: cutlass.Int32, N8: cutlass.Int32, K8: cutlass.Int32,
+                 groups: cutlass.Int32, num_rows: cutlass.Int32, group_size: cutlass.Int32, stream):
+        m1, n = self.cfg.m + 1, self.cfg.n
+        N = cute.assume(N8 * 8, divby=8)
+        K = cute.assume(K8 * 8, divby=8)
+        mA = cute.make_tensor(pA, cute.make_layout((M, K), stride=(K, 1)))
+        mB = cute.make_tensor(pB, cute.make_layout((N, K), stride=(K, 1)))
+        mC = cute.make_tensor(pC, cute.make_layout((M, N), stride=(N, 1)))
+        mBias = cute.make_tensor(pBias, cute.make_layout(N))
+        mNum = cute.make_tensor(pNum, cute.make_layout((num_rows, m1), stride=(m1, 1)))
+        mDen = cute.make_tensor(pDen, cute.make_layout((groups, n), stride=(n, 1)))
+        self.kernel(mA, mB, mC, mBias, mNum, mDen, group_size, stream)
+
+
+def fake_pointer_arguments(cfg: FwdConfig) -> tuple:
+    """Placeholder ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, groups, num_rows, group_size, stream)``."""
+    from cutlass.cute.runtime import make_ptr
+
+    dt = dsl_dtype(cfg.dtype)
+    gmem = cute.AddressSpace.gmem
+    ptrs = [make_ptr(dt, 1 << 20, gmem, assumed_align=16) for _ in range(3)]
+    ptrs += [make_ptr(cutlass.Float32, 1 << 20, gmem, assumed_align=16 if i == 0 else 4) for i in range(3)]
+    ints = [cutlass.Int32(v) for v in (128, 16, 16, 1, 1, 128)]
+    return (*ptrs, *ints, make_fake_stream())
+
+
+def _kernel_for(fields: dict, arch: str) -> tuple[Any, FwdConfig]:
+    fields = dict(fields)
     kernel = fields.pop("kernel", None)
     cfg = FwdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     if kernel == "sm80":
         from .fwd_sm80 import RationalGemmFwdSm80
 
-        obj = RationalGemmFwdSm80(cfg)
-    elif kernel == "sm90":
+        return RationalGemmFwdSm80(cfg), cfg
+    if kernel == "sm90":
         from .fwd_sm90 import RationalGemmFwdSm90
 
-        obj = RationalGemmFwdSm90(cfg)
-    else:
-        obj = kernel_object(cfg, arch)
+        return RationalGemmFwdSm90(cfg), cfg
+    return kernel_object(cfg, arch), cfg
+
+
+def compile_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Registry / runtime entry point: the :class:`PointerEntry` of ``FwdConfig(**fields)`` compiled
+    for ``arch`` with ``options`` (:func:`cutlass_kernels.dsl.compile_options`).  ``kernel`` picks the
+    class: ``"sm80"`` (mma.sync; valid on sm_80..sm_90a) or ``"sm90"`` (WGMMA, sm_90a only)."""
+    obj, cfg = _kernel_for(fields, arch)
+    return cute.compile(PointerEntry(obj, cfg), *fake_pointer_arguments(cfg), options=options)
+
+
+def compile_tensor_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Like :func:`compile_variant` but with the tensor interface and fake tensors."""
+    obj, cfg = _kernel_for(fields, arch)
     return cute.compile(obj, *fake_arguments(cfg), options=options)

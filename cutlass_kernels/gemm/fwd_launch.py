@@ -1,0 +1,259 @@
+"""Host launcher of the fused forward ``y = F(x) W^T + bias`` (CUDA tensors in, y out).
+
+:func:`rational_linear_forward` has the signature of
+:func:`fusedkat.ops.torch_impl.rational_linear_forward`; ``cutlass_kernels.launch`` routes the
+``fusedkat::rational_linear`` op here when :func:`unsupported_reason` is None.
+
+* x ``[..., K]`` is flattened to ``[M, K]`` (a copy only if the rows are not K-contiguous), the
+  weight is used as is when contiguous and of x's dtype; coefficients go to fp32, the bias to an
+  fp32 vector (zeros when absent: one compiled variant serves both).
+* The config (kernel class, tile, stages, group alignment) comes from :func:`heuristic` on
+  ``(M, N, K, g)`` and the device; with ``FUSEDKAT_GEMM_AUTOTUNE=1`` (or ``autotune=True``) the
+  candidates of :func:`candidates` are timed once per problem key and the winner is cached in
+  memory and in ``<compile cache>/gemm_fwd_autotune.json``.
+* Kernels come from :func:`cutlass_kernels.runtime.get_kernel` (memo, AOT disk cache, JIT) via the
+  pointer entry of :mod:`.fwd_compile` -- the same function the build check compiles.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from fusedkat.ops import rational_math as rm
+
+ENV_AUTOTUNE = "FUSEDKAT_GEMM_AUTOTUNE"
+ENV_FUSED_FWD = "FUSEDKAT_FUSED_FWD"
+TARGET = "cutlass_kernels.gemm.fwd_compile:compile_variant"
+MAX_GROUPS = 64  # = common.MAX_GROUPS (not imported: that module imports the DSL)
+_DT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_TUNED: dict[str, dict] = {}
+_TUNE_LOCK = threading.Lock()
+
+
+def enabled() -> bool:
+    """The fused forward is used unless ``FUSEDKAT_FUSED_FWD=0`` (read per call)."""
+    return os.environ.get(ENV_FUSED_FWD, "1") != "0"
+
+
+def kernel_arch(device: torch.device) -> Optional[str]:
+    """Arch the kernels are compiled for on ``device``: sm_80/86/89 or sm_90a; None otherwise."""
+    major, minor = torch.cuda.get_device_capability(device)
+    if major == 9:
+        return "sm_90a"
+    if major == 8:
+        return f"sm_{major}{minor}"
+    return None
+
+
+def unsupported_reason(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                       weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[str]:
+    """None if the fused kernel can run these arguments, else why not (then the unfused path runs)."""
+    if not (x.is_cuda and weight.is_cuda):
+        return "fused GEMM needs CUDA tensors"
+    if x.dtype not in _DT:
+        return f"fused GEMM takes bf16/fp16 activations, got {x.dtype}"
+    if kernel_arch(x.device) is None:
+        return "fused GEMM is built for sm_80..sm_90 (mma.sync / WGMMA)"
+    k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
+    if k % 16 or n_out % 8:
+        return f"fused GEMM needs K % 16 == 0 and N % 8 == 0, got K={k}, N={n_out}"
+    if k % g or (k // g) % 8:
+        return f"fused GEMM needs (K / groups) % 8 == 0, got K={k}, groups={g}"
+    if g > MAX_GROUPS:
+        return f"fused GEMM takes at most {MAX_GROUPS} groups, got {g}"
+    m_rows = x.numel() // max(k, 1)
+    if max(x.numel(), m_rows * n_out, weight.numel()) > 2**31 - 1:
+        return "fused GEMM indexes with 32-bit offsets: tensors over 2^31 elements run unfused"
+    return None
+
+
+def candidates(arch: str, k: int, group_size: int) -> list[dict]:
+    """Configs (registry ``fields``) that can run a problem with this K and K/g on ``arch``."""
+    ga = 16 if group_size % 16 == 0 else 8
+    out = []
+    if arch == "sm_90a" and k % 64 == 0:
+        for bn in (256, 128):
+            out.append({"kernel": "sm90", "tile": (128, bn, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": ga})
+    bk = 32 if k % 32 == 0 else 16
+    for bn in (128, 64):
+        out.append({"kernel": "sm80", "tile": (128, bn, bk), "atoms": (4, 2, 1), "stages": 3 if bk == 32 else 4,
+                    "group_align": ga})
+    return out
+
+
+def heuristic(m_rows: int, n_out: int, k: int, groups: int, arch: str, sm_count: int) -> dict:
+    """Pick a config without timing: the widest tile that still gives every SM a tile.
+
+    Wider N tiles amortise the prologue (each A element is transformed once per N-tile) and the A
+    loads, so prefer 128x256 on Hopper and 128x128 on Ampere unless the grid would leave SMs idle.
+    """
+    cands = candidates(arch, k, k // groups)
+    tiles_m = -(-m_rows // 128)
+    for c in cands:
+        if tiles_m * -(-n_out // c["tile"][1]) >= sm_count or c is cands[-1]:
+            return c
+    return cands[-1]
+
+
+def _cache_file() -> Path:
+    from ..cache import CompileCache
+
+    return Path(CompileCache().root) / "gemm_fwd_autotune.json"
+
+
+def _tune_key(arch: str, dtype: str, form: str, m: int, n: int, shape: tuple[int, int, int, int]) -> str:
+    return "|".join(map(str, (arch, dtype, form, m, n, *shape)))
+
+
+def _load_tuned() -> None:
+    if _TUNED:
+        return
+    try:
+        _TUNED.update(json.loads(_cache_file().read_text()))
+    except (OSError, ValueError):
+        pass
+
+
+def _save_tuned() -> None:
+    try:
+        path = _cache_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_TUNED, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # atomic: concurrent processes never see half a file
+    except OSError:
+        pass
+
+
+def _fields(cfg: dict, dtype: str, form: str, m: int, n: int) -> dict:
+    return {**cfg, "dtype": dtype, "form": form, "m": m, "n": n}
+
+
+def _kernel(fields: dict, arch: str) -> Any:
+    from ..runtime import get_kernel
+    from .variants import SOURCES
+
+    return get_kernel(TARGET, fields, arch, SOURCES)
+
+
+def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
+            num: torch.Tensor, den: torch.Tensor) -> None:
+    import cuda.bindings.driver as cuda
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_ptr
+
+    from .common import dsl_dtype
+
+    dt = dsl_dtype(_DT[x2.dtype])
+    gmem = cute.AddressSpace.gmem
+    f32 = cutlass.Float32
+    m_rows, k = x2.shape
+    n_out = w.shape[0]
+    g = den.shape[0]
+    ptrs = (make_ptr(dt, x2.data_ptr(), gmem, assumed_align=16), make_ptr(dt, w.data_ptr(), gmem, assumed_align=16),
+            make_ptr(dt, y.data_ptr(), gmem, assumed_align=16), make_ptr(f32, bias.data_ptr(), gmem, assumed_align=16),
+            make_ptr(f32, num.data_ptr(), gmem, assumed_align=4), make_ptr(f32, den.data_ptr(), gmem, assumed_align=4))
+    ints = tuple(cutlass.Int32(v) for v in (m_rows, n_out // 8, k // 8, g, num.shape[0], k // g))
+    stream = cuda.CUstream(torch.cuda.current_stream(x2.device).cuda_stream)
+    fn(*ptrs, *ints, stream)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if row-major contiguous with a 16-byte aligned base, else a contiguous copy (fresh
+    allocations from the caching allocator are aligned far beyond 16 bytes)."""
+    if t.is_contiguous() and t.data_ptr() % 16 == 0:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
+
+
+def _autotune(key: str, cands: list[dict], run_with: Any) -> dict:
+    """Time each candidate (CUDA events, median of 10 after 3 warm-ups); keep the fastest."""
+    best, best_ms = None, float("inf")
+    for c in cands:
+        try:
+            run_with(c)  # compile + warm-up
+            for _ in range(2):
+                run_with(c)
+            times = []
+            for _ in range(10):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run_with(c)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            ms = sorted(times)[len(times) // 2]
+        except Exception:  # a candidate that fails to compile or launch is simply not chosen
+            continue
+        if ms < best_ms:
+            best, best_ms = c, ms
+    if best is None:
+        raise RuntimeError("fused GEMM autotune: no candidate config ran")
+    with _TUNE_LOCK:
+        _TUNED[key] = {**best, "tile": list(best["tile"]), "atoms": list(best["atoms"]), "ms": best_ms}
+        _save_tuned()
+    return best
+
+
+def choose_config(x2: torch.Tensor, weight: torch.Tensor, denominator: torch.Tensor, form: str, m: int, n: int,
+                  autotune: Optional[bool] = None, run_with: Any = None) -> dict:
+    """The config for this problem: the autotuned one when cached/enabled, else :func:`heuristic`."""
+    arch = kernel_arch(x2.device)
+    m_rows, k = x2.shape
+    n_out, g = weight.shape[0], denominator.shape[0]
+    if autotune is None:
+        autotune = os.environ.get(ENV_AUTOTUNE, "0") not in ("0", "", "false")
+    key = _tune_key(arch, _DT[x2.dtype], form, m, n, (m_rows, n_out, k, g))
+    with _TUNE_LOCK:
+        _load_tuned()
+        hit = _TUNED.get(key)
+    if hit is not None:
+        return {f: tuple(v) if isinstance(v, list) else v for f, v in hit.items() if f != "ms"}
+    if autotune and run_with is not None:
+        return _autotune(key, candidates(arch, k, k // g), run_with)
+    sm_count = torch.cuda.get_device_properties(x2.device).multi_processor_count
+    return heuristic(m_rows, n_out, k, g, arch, sm_count)
+
+
+def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                            weight: torch.Tensor, bias: Optional[torch.Tensor], form: str,
+                            *, config: Optional[dict] = None, autotune: Optional[bool] = None) -> torch.Tensor:
+    """``linear(F(x), weight, bias)`` in one fused kernel.
+
+    x ``[..., K]`` bf16/fp16 CUDA; numerator ``(1|g, m+1)``; denominator ``(g, n)``; weight ``(N, K)``
+    (cast to x's dtype if needed); bias ``(N,)`` or None.  Returns ``[..., N]`` in x's dtype.
+    ``config`` forces a config (fields of :func:`candidates`), e.g. for tests and benchmarks.
+    """
+    rm.check_form(form)
+    reason = unsupported_reason(x, numerator, denominator, weight, bias)
+    if reason is not None:
+        raise ValueError(reason)
+    k, n_out = x.shape[-1], weight.shape[0]
+    m, n = numerator.shape[1] - 1, denominator.shape[1]
+    x2 = _aligned(x.reshape(-1, k))
+    y = torch.empty((x2.shape[0], n_out), dtype=x.dtype, device=x.device)
+    if x2.shape[0] == 0:
+        return y.reshape(*x.shape[:-1], n_out)
+    w = _aligned(weight.detach().to(x.dtype))
+    num = numerator.detach().to(torch.float32).contiguous()
+    den = denominator.detach().to(torch.float32).contiguous()
+    b = (bias.detach().to(torch.float32).contiguous() if bias is not None
+         else torch.zeros(n_out, dtype=torch.float32, device=x.device))
+    b = _aligned(b)
+    arch = kernel_arch(x.device)
+    dtype = _DT[x.dtype]
+
+    def run_with(cfg: dict) -> None:
+        _launch(_kernel(_fields(cfg, dtype, form, m, n), arch), x2, w, y, b, num, den)
+
+    cfg = config if config is not None else choose_config(x2, w, den, form, m, n, autotune, run_with)
+    run_with(cfg)
+    return y.reshape(*x.shape[:-1], n_out)
