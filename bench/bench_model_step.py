@@ -1,0 +1,85 @@
+"""A training step of KAT vs ViT (timm), eager and compiled.
+
+pytest-benchmark group ``model_step``; ``impl``: ``{kat,vit}_{eager,compiled}``; ``extra_info``:
+model (``T``/``S``/``B``), batch, image size, depth, parameter count.  One step = forward,
+cross-entropy on random labels, backward, AdamW step.  Compiled = ``torch.compile(model,
+fullgraph=True)`` with the ``fusedkat`` backend when compile_passes provides it (the same backend
+for ViT, so the ratio compares models, not compilers).
+
+Sizes:
+
+* ``paper`` (GPU): T, S and B at 224^2, depth 12, batch 64.
+* ``small`` when benchmarking: T at 224^2, depth 12, batch 8 - the CPU comparison of
+  DESIGN.md / issue 4 (compiled KAT-T vs compiled ViT-T, batch 8).
+* as a plain test (``--benchmark-disable``, CI): T widths at depth 2, 64^2 images, batch 2; checks
+  that the loss is finite, the step changes the weights, and compiled matches eager.
+"""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import fusedkat.models  # noqa: F401  (registers the kat_* models in timm)
+from bench._harness import bench_size, compile_fn, measure
+
+MODELS = {"T": ("vit_tiny_patch16_224", "kat_tiny_patch16_224"),
+          "S": ("vit_small_patch16_224", "kat_small_patch16_224"),
+          "B": ("vit_base_patch16_224", "kat_base_patch16_224")}
+PAPER = dict(batch=64, img_size=224, depth=12)
+SMALL = dict(batch=8, img_size=224, depth=12)
+PLAIN_TEST = dict(batch=2, img_size=64, depth=2)
+
+
+def _sizes() -> tuple[str, ...]:
+    return ("T", "S", "B") if bench_size() == "paper" else ("T",)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("arch", ["kat", "vit"])
+@pytest.mark.parametrize("model_size", _sizes())
+def test_model_step(benchmark, device, model_size, arch, mode):
+    cfg = PLAIN_TEST if benchmark.disabled else (PAPER if bench_size() == "paper" else SMALL)
+    if model_size == "B" and device.type != "cuda":
+        pytest.skip("KAT-B / ViT-B training steps are benchmarked on a GPU only")
+    if benchmark.disabled and mode == "compiled":
+        # compiling KAT costs 1-2 min on 2 cores; tests/test_compile* check compiled KAT vs eager
+        pytest.skip("compiled model steps are only run when benchmarking (not under --benchmark-disable)")
+    name = MODELS[model_size][0 if arch == "vit" else 1]
+    torch.manual_seed(0)
+    model = timm.create_model(name, depth=cfg["depth"], img_size=cfg["img_size"], num_classes=1000).to(device)
+    model.train()
+    info = {"model": model_size, "timm_name": name, "depth": cfg["depth"], "img_size": cfg["img_size"],
+            "params": sum(p.numel() for p in model.parameters())}
+    run = model
+    if mode == "compiled":
+        torch._dynamo.reset()
+        run, info["compile_backend"] = compile_fn(model, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(cfg["batch"], 3, cfg["img_size"], cfg["img_size"], device=device)
+    labels = torch.randint(0, 1000, (cfg["batch"],), device=device)
+
+    with torch.no_grad():
+        eager_loss = F.cross_entropy(model(images), labels).item()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(run(images), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        return loss
+
+    measure(benchmark, step, group="model_step", impl=f"{arch}_{mode}", device=device,
+            batch=cfg["batch"], **info)
+
+    first = losses[0].item()
+    assert all(torch.isfinite(l) for l in losses)
+    # the first step ran on the initial weights: its loss must be the eager forward's
+    assert abs(first - eager_loss) <= 1e-3 * max(1.0, abs(eager_loss)), (first, eager_loss)
+    changed = sum(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+    assert changed == len(before), f"{len(before) - changed} parameters were not updated"
