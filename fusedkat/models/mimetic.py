@@ -34,7 +34,14 @@ def ortho_like(dim: int, alpha: float, beta: float, sign: float = 1.0,
     bound = (3.0 / dim) ** 0.5
     z = (torch.rand(dim, dim, dtype=torch.float64, generator=generator) * 2.0 - 1.0) * bound
     a = alpha * z + sign * beta * torch.eye(dim, dtype=torch.float64)
-    u, s, vh = torch.linalg.svd(a)
+    # LAPACK's threaded SVD collapses when the cores are oversubscribed (measured on the 2-core CI
+    # machines: 384x384 took 1.4-8 s with 2 threads, 0.2 s with 1), so factor single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        u, s, vh = torch.linalg.svd(a)
+    finally:
+        torch.set_num_threads(threads)
     root = s.sqrt()
     return u * root, root[:, None] * vh
 
