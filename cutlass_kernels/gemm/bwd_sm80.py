@@ -34,8 +34,8 @@ from cutlass.tensor_utils import LayoutEnum
 from fusedkat.ops import rational_math as rm
 
 from ..dsl import DslMath  # shared MathOps on DSL Float32 (fast rcp.approx)
+from .bwd_epilogue import CHUNK, chunk_groups, dgrad_epilogue, load_coefficients
 
-CHUNK = 8  # columns per coefficient-gradient partial: the width of one m16n8 accumulator atom
 
 
 @dataclass(frozen=True)
@@ -155,35 +155,18 @@ class RationalBwdSm80:
             block=[self.num_threads, 1, 1], stream=stream)
 
     def _check_layout_assumptions(self, tiled_mma, tiled_copy_B):
-        """Trace-time (plain Python, static coordinates) proof of the two layout facts the fused parts rely on (static coordinates).
-
-        dgrad: for each MMA_N index of the accumulator, every value of every lane of a warp lies in
-        one aligned 8-column chunk (so a warp butterfly sum is a per-chunk partial).
-        wgrad: every B element a thread cp.async's lies in one 8-column chunk (one group).
-        """
-        ident_c = cute.make_identity_tensor((self.bM, self.bN))
-        ident_b = cute.make_identity_tensor((self.bN, self.bK))
+        """Trace-time (plain Python, static coordinates) proof that every B element a thread
+        cp.async's lies in one 8-column chunk, hence one group (wgrad; the dgrad epilogue's facts
+        are proven by :func:`.bwd_epilogue.chunk_groups`)."""
         key = (self.cfg.tile, self.cfg.atoms, self.cfg.mode, self.ab_dtype.width)
-        if key in _CHECKED_LAYOUTS:
+        if self.cfg.mode != "wgrad" or key in _CHECKED_LAYOUTS:
             return
-        # Every lane of warp 0, the first and last lane of the other warps: the slices are slow to
-        # build (~0.1 s each) and the layout is the same function of the lane in every warp.
-        for w in range(self.num_threads // 32):
-            ref = tiled_mma.get_slice(32 * w).partition_C(ident_c)
-            for lane in (range(32) if w == 0 else (0, 31)):
-                part = tiled_mma.get_slice(32 * w + lane).partition_C(ident_c)
-                for i in range(cute.size(part)):
-                    n_idx = i // (cute.size(part, mode=[0]) * cute.size(part, mode=[1]))
-                    if part[i][1] // CHUNK != ref[0, 0, n_idx][1] // CHUNK:
-                        raise AssertionError("accumulator layout: an MMA_N slice straddles 8-column chunks")
-                    if (part[i][0] // 16) % self.cfg.atoms[0] != w % self.cfg.atoms[0]:
-                        raise AssertionError("accumulator layout: warp rows are not (warp % warps_m) * 16 + 32 * i")
-        if self.cfg.mode == "wgrad":
-            for t in list(range(32)) + [self.num_threads - 1]:
-                part = tiled_copy_B.get_slice(t).partition_S(ident_b)
-                for i in range(cute.size(part)):
-                    if part[i][0] // CHUNK != part[0][0] // CHUNK:
-                        raise AssertionError("B copy layout: a thread's elements straddle 8-column chunks")
+        ident_b = cute.make_identity_tensor((self.bN, self.bK))
+        for t in list(range(32)) + [self.num_threads - 1]:
+            part = tiled_copy_B.get_slice(t).partition_S(ident_b)
+            for i in range(cute.size(part)):
+                if part[i][0] // CHUNK != part[0][0] // CHUNK:
+                    raise AssertionError("B copy layout: a thread's elements straddle 8-column chunks")
         _CHECKED_LAYOUTS.add(key)
 
     def _smem_layout_ab(self, major, tiler):
@@ -391,7 +374,12 @@ class RationalBwdSm80:
         if cutlass.const_expr(cfg.mode == "dgrad"):
             gX = cute.local_tile(mX, tiler=tiler, coord=coord, proj=(1, 1, None))
             tCgX = thr_mma.partition_C(gX)
-            self._dgrad_epilogue(acc, tCcC, tCgX, mC, mWs, mNum, mDen, group_size, tidx, bidx)
+            warps_m = cfg.atoms[0]
+            groups = chunk_groups(tiled_mma, self.bM, self.bN, self.num_threads, warps_m)  # trace time
+            # Warps are laid out column-major over (warps_m, warps_n): warp % warps_m is its row slot.
+            dgrad_epilogue(acc, tCcC, tCgX, mC, mWs, mNum, mDen, group_size,
+                           bidx * warps_m + (tidx // 32) % warps_m, tidx % 32, groups,
+                           cfg.form, cfg.m, cfg.n, cfg.shared_numerator)
 
         out = cute.make_fragment_like(acc, self.c_dtype)
         out.store(acc.load().to(self.c_dtype))
@@ -416,15 +404,6 @@ class RationalBwdSm80:
         return
 
     # ------------------------------------------------------------------ wgrad prologue
-    @cute.jit
-    def _coefficients(self, mNum: cute.Tensor, mDen: cute.Tensor, group: cutlass.Int32):
-        """Registers holding a_0..a_m and b_1..b_n of ``group``."""
-        cfg = self.cfg
-        num_row = 0 if cfg.shared_numerator else group
-        a = [mNum[num_row, i] for i in range(cfg.m + 1)]
-        b = [mDen[group, j] for j in range(cfg.n)]
-        return a, b
-
     def _thread_b_coefficients(self, tBcB, mNum, mDen, group_size):
         if cutlass.const_expr(self.cfg.mode != "wgrad"):
             return None, None
@@ -433,7 +412,7 @@ class RationalBwdSm80:
         # time -- so (K/g) % 8 == 0 puts them in one group for the whole main loop.
         col = tBcB[0, 0, 0, 0][0]
         group = cutlass.min(col // group_size, mDen.shape[0] - 1)
-        return self._coefficients(mNum, mDen, group)
+        return load_coefficients(mNum, mDen, group, self.cfg.m, self.cfg.n, self.cfg.shared_numerator)
 
     @cute.jit
     def _transform_b(self, tBsB: cute.Tensor, stage, coef_a, coef_b):
@@ -446,65 +425,3 @@ class RationalBwdSm80:
                 v = frag[i].to(cutlass.Float32)
                 frag[i] = rm.forward(coef_a, coef_b, v, self.cfg.form, DslMath).to(self.ab_dtype)
             cute.autovec_copy(frag, src)
-
-    # ------------------------------------------------------------------ dgrad epilogue
-    @cute.jit
-    def _dgrad_epilogue(self, acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: cute.Tensor,
-                        mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor, group_size: cutlass.Int32,
-                        tidx, bidx):
-        """acc <- G * F'(x); per (warp-row, 8-col chunk) partials of G * dF/dcoef -> mWs.
-
-        Accumulator fragment ``((2,2), MMA_M, MMA_N)``: for a fixed MMA_N index every value of every
-        lane of a warp lies in the same aligned 8-column chunk (the m16n8 atom's columns), so a
-        full-warp butterfly sum gives that chunk's partial over the warp's rows, deterministically.
-        """
-        cfg = self.cfg
-        P = cfg.num_params
-        rows = mC.shape[0]
-        cols = mC.shape[1]
-        warps_m = cfg.atoms[0]
-        warp = tidx // 32
-        lane = tidx % 32
-        ws_row = bidx * warps_m + warp % warps_m  # atom layout (am, an, 1) is column-major over warps
-        last_group = mDen.shape[0] - 1
-        per_element_sign = cfg.form == "B"
-        for n in cutlass.range_constexpr(cute.size(acc, mode=[2])):
-            col0 = tCcC[0, 0, n][1]
-            chunk_col = col0 - col0 % CHUNK
-            group = cutlass.min(chunk_col // group_size, last_group)
-            a, b = self._coefficients(mNum, mDen, group)
-            sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
-            den_sign = None
-            for mi in cutlass.range_constexpr(cute.size(acc, mode=[1])):
-                for v in cutlass.range_constexpr(cute.size(acc, mode=[0])):
-                    c = tCcC[v, mi, n]
-                    x = cutlass.Float32(0.0)
-                    if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
-                        x = tCgX[v, mi, n].to(cutlass.Float32)
-                    g = acc[v, mi, n]
-                    t = rm.grad_terms(a, b, x, cfg.form, DslMath)
-                    acc[v, mi, n] = g * t.dfdx
-                    # Same recurrences as fusedkat.ops.torch_impl.group_rational_backward.
-                    term = g * t.inv_q
-                    for i in cutlass.range_constexpr(cfg.m + 1):
-                        sums[i] = sums[i] + term
-                        if cutlass.const_expr(i < cfg.m):
-                            term = term * x
-                    term = g * t.neg_f_over_q
-                    if cutlass.const_expr(per_element_sign):
-                        term = term * t.den_sign
-                    for j in cutlass.range_constexpr(cfg.n):
-                        term = term * t.base
-                        sums[cfg.m + 1 + j] = sums[cfg.m + 1 + j] + term
-                    den_sign = t.den_sign
-            if cutlass.const_expr(not per_element_sign):
-                for j in cutlass.range_constexpr(cfg.n):
-                    sums[cfg.m + 1 + j] = sums[cfg.m + 1 + j] * den_sign[j]
-            # Fixed butterfly order: every run adds the same operands in the same order.
-            for p in cutlass.range_constexpr(P):
-                for s in cutlass.range_constexpr(5):
-                    sums[p] = sums[p] + cute.arch.shuffle_sync_bfly(sums[p], offset=16 >> s)
-            if lane == 0:
-                if cute.elem_less(chunk_col, cols):
-                    for p in cutlass.range_constexpr(P):
-                        mWs[ws_row, chunk_col // CHUNK, p] = sums[p]

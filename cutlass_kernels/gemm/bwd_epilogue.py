@@ -1,0 +1,132 @@
+"""The dgrad epilogue shared by the sm_80 (mma.sync) and sm_90a (WGMMA) backward GEMMs.
+
+On the fp32 accumulator ``G = dY W`` of a thread: ``acc <- G * F'(x)`` and, per 8-column chunk,
+the sums of ``G * dF/da_i`` and ``G * dF/db_j`` over the thread's values, then over the warp (fixed
+butterfly), written by lane 0 to ``ws[slot, chunk, :]`` with ``slot = tile_m * warps_m + warp %
+warps_m``.  No atomics: every (slot, chunk) has exactly one writer, which
+:func:`chunk_groups` proves at trace time from the tiled MMA's static layout, together with the
+facts the sums rely on:
+
+* every value a lane holds at a given fragment index lies in the same 8-column chunk for all 32
+  lanes of a warp (so the butterfly adds values of one chunk);
+* the rows of warp ``w`` are the 16-row blocks ``r`` with ``r % warps_m == w % warps_m``;
+* for each slot, the warps sharing it cover every chunk of the tile exactly once.
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+
+from fusedkat.ops import rational_math as rm
+
+from ..dsl import DslMath
+
+CHUNK = 8  # columns per partial: one m16n8 / WGMMA n8 accumulator block
+_PROVEN: dict = {}
+
+
+def chunk_groups(tiled_mma, bm: int, bn: int, num_threads: int, warps_m: int) -> list[list[int]]:
+    """Flat accumulator indices grouped by 8-column chunk (same grouping for every thread).
+
+    Plain Python at trace time on static coordinates; raises AssertionError when a layout fact of
+    the module docstring does not hold.  Samples every lane of warp 0 and lanes 0, 31 of the
+    others (each slice costs ~0.1 s to build); cached per layout.
+    """
+    key = (str(tiled_mma), bm, bn, num_threads, warps_m)
+    if key in _PROVEN:
+        return _PROVEN[key]
+    ident = cute.make_identity_tensor((bm, bn))
+    ref = tiled_mma.get_slice(0).partition_C(ident)
+    size = cute.size(ref)
+    order: list[int] = []
+    groups: dict[int, list[int]] = {}
+    for i in range(size):
+        c = ref[i][1] // CHUNK
+        if c not in groups:
+            order.append(c)
+            groups[c] = []
+        groups[c].append(i)
+    covered: dict[int, list[int]] = {}
+    for w in range(num_threads // 32):
+        wref = tiled_mma.get_slice(32 * w).partition_C(ident)
+        chunks_w = sorted({wref[i][1] // CHUNK for i in range(size)})
+        covered.setdefault(w % warps_m, []).extend(chunks_w)
+        for lane in (range(32) if w == 0 else (0, 31)):
+            part = tiled_mma.get_slice(32 * w + lane).partition_C(ident)
+            for c in order:
+                base = wref[groups[c][0]][1] // CHUNK
+                for i in groups[c]:
+                    if part[i][1] // CHUNK != base:
+                        raise AssertionError("accumulator layout: a fragment index straddles 8-column chunks")
+                    if (part[i][0] // 16) % warps_m != w % warps_m:
+                        raise AssertionError("accumulator layout: warp rows are not the slot's 16-row blocks")
+    for slot, chunks in covered.items():
+        if sorted(chunks) != list(range(bn // CHUNK)):
+            raise AssertionError(f"slot {slot}: warps do not cover every chunk exactly once")
+    out = [groups[c] for c in order]
+    _PROVEN[key] = out
+    return out
+
+
+@cute.jit
+def load_coefficients(mNum: cute.Tensor, mDen: cute.Tensor, group, m: cutlass.Constexpr,
+                      n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
+    """Registers holding a_0..a_m and b_1..b_n of ``group`` (fp32, from global memory)."""
+    num_row = 0 if shared_numerator else group
+    a = [mNum[num_row, i] for i in range(m + 1)]
+    b = [mDen[group, j] for j in range(n)]
+    return a, b
+
+
+@cute.jit
+def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: cute.Tensor,
+                   mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor, group_size: cutlass.Int32,
+                   ws_row, lane, groups: cutlass.Constexpr, form: cutlass.Constexpr, m: cutlass.Constexpr,
+                   n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
+    """See the module docstring; ``groups`` from :func:`chunk_groups`."""
+    P = m + 1 + n
+    rows = mC.shape[0]
+    cols = mC.shape[1]
+    last_group = mDen.shape[0] - 1
+    per_element_sign = form == "B"
+    for gi in cutlass.range_constexpr(len(groups)):
+        idx = groups[gi]
+        col0 = tCcC[idx[0]][1]
+        chunk_col = col0 - col0 % CHUNK
+        group = cutlass.min(chunk_col // group_size, last_group)
+        a, b = load_coefficients(mNum, mDen, group, m, n, shared_numerator)
+        sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
+        den_sign = None
+        for e in cutlass.range_constexpr(len(idx)):
+            i = idx[e]
+            c = tCcC[i]
+            x = cutlass.Float32(0.0)
+            if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
+                x = tCgX[i].to(cutlass.Float32)
+            g = acc[i]
+            t = rm.grad_terms(a, b, x, form, DslMath)
+            acc[i] = g * t.dfdx
+            # Same recurrences as fusedkat.ops.torch_impl.group_rational_backward.
+            term = g * t.inv_q
+            for p in cutlass.range_constexpr(m + 1):
+                sums[p] = sums[p] + term
+                if cutlass.const_expr(p < m):
+                    term = term * x
+            term = g * t.neg_f_over_q
+            if cutlass.const_expr(per_element_sign):
+                term = term * t.den_sign
+            for j in cutlass.range_constexpr(n):
+                term = term * t.base
+                sums[m + 1 + j] = sums[m + 1 + j] + term
+            den_sign = t.den_sign
+        if cutlass.const_expr(not per_element_sign):
+            for j in cutlass.range_constexpr(n):
+                sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
+        # Fixed butterfly order: every run adds the same operands in the same order.
+        for p in cutlass.range_constexpr(P):
+            for s in cutlass.range_constexpr(5):
+                sums[p] = sums[p] + cute.arch.shuffle_sync_bfly(sums[p], offset=16 >> s)
+        if lane == 0:
+            if cute.elem_less(chunk_col, cols):
+                for p in cutlass.range_constexpr(P):
+                    mWs[ws_row, chunk_col // CHUNK, p] = sums[p]
