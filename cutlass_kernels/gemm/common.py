@@ -12,7 +12,6 @@ Importing this module imports the CuTe DSL: import it only from kernel modules.
   through :func:`fusedkat.ops.rational_math.forward` (the single source of truth) with the fast
   reciprocal, and back to the MMA dtype.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass

@@ -4,7 +4,6 @@ One compiled kernel serves every problem size of a variant: M, N, K and the grou
 values (N and K declared divisible by 8 so the 128-bit copies are legal, pointers 16-byte aligned),
 so the compile-cache key is the :class:`~cutlass_kernels.gemm.common.FwdConfig` plus the arch.
 """
-from __future__ import annotations
 
 from typing import Any, Optional
 

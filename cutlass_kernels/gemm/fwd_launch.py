@@ -60,8 +60,8 @@ def unsupported_reason(x: torch.Tensor, numerator: torch.Tensor, denominator: to
     if kernel_arch(x.device) is None:
         return "fused GEMM is built for sm_80..sm_90 (mma.sync / WGMMA)"
     k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
-    if k % 16 or n_out % 8:
-        return f"fused GEMM needs K % 16 == 0 and N % 8 == 0, got K={k}, N={n_out}"
+    if k % 32 or n_out % 8:
+        return f"fused GEMM needs K % 32 == 0 and N % 8 == 0, got K={k}, N={n_out}"
     if k % g or (k // g) % 8:
         return f"fused GEMM needs (K / groups) % 8 == 0, got K={k}, groups={g}"
     if g > MAX_GROUPS:
@@ -79,10 +79,8 @@ def candidates(arch: str, k: int, group_size: int) -> list[dict]:
     if arch == "sm_90a" and k % 64 == 0:
         for bn in (256, 128):
             out.append({"kernel": "sm90", "tile": (128, bn, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": ga})
-    bk = 32 if k % 32 == 0 else 16
     for bn in (128, 64):
-        out.append({"kernel": "sm80", "tile": (128, bn, bk), "atoms": (4, 2, 1), "stages": 3 if bk == 32 else 4,
-                    "group_align": ga})
+        out.append({"kernel": "sm80", "tile": (128, bn, 32), "atoms": (4, 2, 1), "stages": 3, "group_align": ga})
     return out
 
 
@@ -225,12 +223,15 @@ def choose_config(x2: torch.Tensor, weight: torch.Tensor, denominator: torch.Ten
 
 def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
                             weight: torch.Tensor, bias: Optional[torch.Tensor], form: str,
-                            *, config: Optional[dict] = None, autotune: Optional[bool] = None) -> torch.Tensor:
+                            *, config: Optional[dict] = None, autotune: Optional[bool] = None,
+                            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``linear(F(x), weight, bias)`` in one fused kernel.
 
     x ``[..., K]`` bf16/fp16 CUDA; numerator ``(1|g, m+1)``; denominator ``(g, n)``; weight ``(N, K)``
     (cast to x's dtype if needed); bias ``(N,)`` or None.  Returns ``[..., N]`` in x's dtype.
-    ``config`` forces a config (fields of :func:`candidates`), e.g. for tests and benchmarks.
+    ``config`` forces a config (fields of :func:`candidates`), e.g. for tests and benchmarks;
+    ``out`` (contiguous ``[M, N]``, x's dtype, 16-byte aligned) receives the result instead of a
+    fresh tensor (tests use it to check that every element, and nothing else, is written).
     """
     rm.check_form(form)
     reason = unsupported_reason(x, numerator, denominator, weight, bias)
@@ -239,7 +240,14 @@ def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominato
     k, n_out = x.shape[-1], weight.shape[0]
     m, n = numerator.shape[1] - 1, denominator.shape[1]
     x2 = _aligned(x.reshape(-1, k))
-    y = torch.empty((x2.shape[0], n_out), dtype=x.dtype, device=x.device)
+    if out is None:
+        y = torch.empty((x2.shape[0], n_out), dtype=x.dtype, device=x.device)
+    else:
+        if (out.shape != (x2.shape[0], n_out) or out.dtype != x.dtype or out.device != x.device
+                or not out.is_contiguous() or out.data_ptr() % 16):
+            raise ValueError(f"out must be a contiguous, 16-byte aligned {(x2.shape[0], n_out)} {x.dtype} tensor "
+                             f"on {x.device}, got {tuple(out.shape)} {out.dtype} on {out.device}")
+        y = out
     if x2.shape[0] == 0:
         return y.reshape(*x.shape[:-1], n_out)
     w = _aligned(weight.detach().to(x.dtype))

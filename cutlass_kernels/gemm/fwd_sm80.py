@@ -15,12 +15,11 @@ k-block / k-tile when ``group_align`` allows).
 Epilogue: ``acc + bias`` (bias in fp32), converted to the output dtype, staged through swizzled
 shared memory and written with 128-bit predicated stores.
 
-Shapes: M arbitrary (predicated rows), N % 8 == 0 (predicated 8-column vectors), K % bK == 0 (the
-launcher picks bK; K is never predicated).  Zero-filled A rows of a ragged M tile become F(0) =
+Shapes: M arbitrary (predicated rows), N % 8 == 0 (predicated 8-column vectors), K % bK == 0 with
+bK >= 32 (the launcher picks bK; K is never predicated).  Zero-filled A rows of a ragged M tile become F(0) =
 a_0, which only reach output rows that are never stored; zero-filled B rows likewise only reach
 unstored columns.
 """
-from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
@@ -40,6 +39,10 @@ class RationalGemmFwdSm80:
         self.cfg = cfg
         self.dtype = dsl_dtype(cfg.dtype)
         self.bM, self.bN, self.bK = cfg.tile
+        if self.bK < 32:
+            # The register pipeline loads k-block kb+1 while kb is multiplied: with a single k-block
+            # per stage the load would overwrite the fragment before its MMA.
+            raise ValueError(f"the sm_80 kernel needs bK >= 32 (two k-blocks per stage), got {cfg.tile}")
         self.num_threads = 32 * cfg.atoms[0] * cfg.atoms[1]
 
     @cute.jit
@@ -93,7 +96,7 @@ class RationalGemmFwdSm80:
         class StorageC:
             c: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sC_layout)], 128]
 
-        smem = cutlass.utils.SmemAllocator()
+        smem = cutlass.memory.SmemAllocator()
         # The epilogue's C staging tile reuses the A/B pipeline buffers.
         raw = smem.allocate(max(Storage.size_in_bytes(), StorageC.size_in_bytes()), byte_alignment=128)
         st = Storage(raw)

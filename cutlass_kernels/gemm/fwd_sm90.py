@@ -18,12 +18,11 @@
 
 ``bM`` is 64 per consumer warpgroup (128 = two warpgroups, 256 threads); K % bK == 0.
 """
-from __future__ import annotations
 
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-import cutlass.utils as utils
+import cutlass.tensor_utils as tensor_utils
 import cutlass.utils.hopper_helpers as sm90_utils
 
 from .common import (MAX_GROUPS, FwdConfig, a_value_chunks, apply_rational, coef_set, dsl_dtype,
@@ -48,8 +47,8 @@ class RationalGemmFwdSm90:
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mC: cute.Tensor, mBias: cute.Tensor,
                  mNum: cute.Tensor, mDen: cute.Tensor, group_size: cutlass.Int32, stream):
         cfg = self.cfg
-        a_layout = utils.LayoutEnum.from_tensor(mA)
-        b_layout = utils.LayoutEnum.from_tensor(mB)
+        a_layout = tensor_utils.LayoutEnum.from_tensor(mA)
+        b_layout = tensor_utils.LayoutEnum.from_tensor(mB)
         tiled_mma = sm90_utils.make_trivial_tiled_mma(
             self.dtype, self.dtype, a_layout.sm90_mma_major_mode(), b_layout.sm90_mma_major_mode(),
             cutlass.Float32, (self.num_wg, 1, 1), tiler_mn=(64, self.bN),
@@ -94,7 +93,7 @@ class RationalGemmFwdSm90:
             a: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sA_staged)], 1024]
             b: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sB_staged)], 1024]
 
-        smem = cutlass.utils.SmemAllocator()
+        smem = cutlass.memory.SmemAllocator()
         st = smem.allocate(Storage)
         sA = st.a.get_tensor(sA_staged.outer, swizzle=sA_staged.inner)
         sB = st.b.get_tensor(sB_staged.outer, swizzle=sB_staged.inner)

@@ -1,0 +1,133 @@
+"""GPU tests of the fused forward GEMM ``y = F(x) W^T + b``; skipped without CUDA sm_80+.
+
+Reference: the independent float64 formula (tests/rational_reference.py) on the *same*
+bf16/fp16-rounded x and W.  The kernel rounds F(x) to the MMA dtype before the tensor cores, as any
+bf16 GEMM fed with F(x) would, so its error is judged against cuBLAS doing exactly that: ``F.linear``
+of the float64 F(x) rounded to the dtype.  The fused error must stay within 1.5x of that baseline
+(plus a small absolute slack for the fast reciprocal's 2^-22).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rational_reference import reference_rational, reference_rational_linear
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+    pytest.skip("needs a CUDA GPU with sm_80 or newer", allow_module_level=True)
+pytest.importorskip("cutlass")
+
+from cutlass_kernels.gemm import fwd_launch  # noqa: E402
+
+# (M, K, N, groups, shared numerator): M tails, every KAT K, groups 1..16, N not a tile multiple.
+SHAPES = [
+    (394, 192, 768, 8, True),
+    (130, 768, 192, 8, False),
+    (77, 384, 1536, 4, True),
+    (256, 1536, 200, 16, True),
+    (1000, 3072, 768, 1, False),
+    (1, 768, 3072, 2, True),
+]
+
+
+def _inputs(m_rows, k, n_out, g, shared, dtype, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(m_rows, k, device="cuda", generator=gen) * 1.5).to(dtype)
+    w = (torch.randn(n_out, k, device="cuda", generator=gen) / k**0.5).to(dtype)
+    b = torch.randn(n_out, device="cuda", generator=gen)
+    num = torch.randn(1 if shared else g, 6, device="cuda", generator=gen) * 0.5
+    den = torch.randn(g, 4, device="cuda", generator=gen) * 0.5
+    return x, num, den, w, b
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check(y, x, num, den, w, b, form):
+    ref = reference_rational_linear(x, num, den, w, b, form)
+    f_rounded = reference_rational(x, num, den, form).to(x.dtype)
+    baseline = torch.nn.functional.linear(f_rounded, w, b.to(x.dtype))  # cuBLAS on rounded F(x)
+    err, base = _rel(y, ref), _rel(baseline, ref)
+    assert torch.isfinite(y).all()
+    assert err <= 1.5 * base + 1e-3, f"fused rel err {err:.2e} vs cuBLAS-on-rounded-F {base:.2e}"
+
+
+def _configs():
+    """Every config the heuristic / autotune can pick on this device for K = 768 (the kernels)."""
+    arch = fwd_launch.kernel_arch(torch.device("cuda"))
+    return fwd_launch.candidates(arch, 768, 96) + fwd_launch.candidates(arch, 768, 24)
+
+
+@pytest.mark.parametrize("form", ["A", "B"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_forward_matches_float64_reference(shape, dtype, form):
+    x, num, den, w, b = _inputs(*shape, dtype)
+    y = fwd_launch.rational_linear_forward(x, num, den, w, b, form)
+    assert y.shape == (shape[0], shape[2]) and y.dtype == dtype
+    _check(y, x, num, den, w, b, form)
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c['kernel']}_{'x'.join(map(str, c['tile']))}_ga{c['group_align']}")
+@pytest.mark.parametrize("form", ["A", "B"])
+def test_every_config_is_correct_and_writes_exactly_the_output(cfg, form):
+    """Poisoned output: every element of [M, N] written, nothing past it (NaN guard rows)."""
+    m_rows, k, n_out = 333, 768, 264
+    g = 768 // (96 if cfg["group_align"] == 16 else 24)
+    x, num, den, w, b = _inputs(m_rows, k, n_out, g, False, torch.bfloat16, seed=1)
+    buf = torch.full((m_rows + 64, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
+    y = fwd_launch.rational_linear_forward(x, num, den, w, b, form, config=cfg, out=buf[:m_rows])
+    assert y.data_ptr() == buf.data_ptr()
+    assert torch.isnan(buf[m_rows:]).all(), "the kernel wrote past row M"
+    _check(buf[:m_rows], x, num, den, w, b, form)
+
+
+def test_no_bias_batch_dims_and_strided_input():
+    x, num, den, w, _ = _inputs(2 * 97, 384, 1536, 8, True, torch.bfloat16, seed=2)
+    x3 = x.reshape(2, 97, 384)
+    y = fwd_launch.rational_linear_forward(x3, num, den, w, None, "A")
+    assert y.shape == (2, 97, 1536)
+    _check(y.reshape(-1, 1536), x, num, den, w, torch.zeros(1536, device="cuda"), "A")
+    wide = torch.randn(97, 768, device="cuda").to(torch.bfloat16)
+    xs = wide[:, ::2]  # non-contiguous: copied by the launcher
+    ys = fwd_launch.rational_linear_forward(xs, num, den, w, None, "A")
+    torch.testing.assert_close(ys, fwd_launch.rational_linear_forward(xs.contiguous(), num, den, w, None, "A"),
+                               rtol=0, atol=0)
+
+
+def test_weight_in_fp32_is_cast_to_the_activation_dtype():
+    x, num, den, w, b = _inputs(64, 192, 768, 8, True, torch.float16, seed=3)
+    y32 = fwd_launch.rational_linear_forward(x, num, den, w.float(), b, "B")
+    y16 = fwd_launch.rational_linear_forward(x, num, den, w, b, "B")
+    torch.testing.assert_close(y32, y16, rtol=0, atol=0)
+
+
+def test_dispatch_reaches_the_fused_kernel_and_compiled_equals_eager(monkeypatch):
+    import fusedkat
+    from fusedkat.ops import rational_linear
+
+    calls = []
+    real = fwd_launch.rational_linear_forward
+    monkeypatch.setattr(fwd_launch, "rational_linear_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, num, den, w, b = _inputs(197, 768, 3072, 8, True, torch.bfloat16, seed=4)
+    with fusedkat.ops.use_backend("cute"):
+        eager = rational_linear(x, num, den, w, b, form="A")
+        compiled = torch.compile(lambda *t: rational_linear(*t, form="A"), fullgraph=True)(x, num, den, w, b)
+    assert calls, "fusedkat.ops.rational_linear did not reach the fused forward"
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    _check(eager, x, num, den, w, b, "A")
+
+
+def test_autotune_picks_a_candidate_and_caches_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEDKAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fwd_launch, "_TUNED", {})
+    x, num, den, w, b = _inputs(512, 768, 768, 8, True, torch.bfloat16, seed=5)
+    y = fwd_launch.rational_linear_forward(x, num, den, w, b, "A", autotune=True)
+    _check(y, x, num, den, w, b, "A")
+    assert (tmp_path / "gemm_fwd_autotune.json").exists()
+    (entry,) = fwd_launch._TUNED.values()
+    assert entry["ms"] > 0 and entry["kernel"] in ("sm80", "sm90")

@@ -1,0 +1,129 @@
+"""CPU tests of the fused forward GEMM (issue 6): real CuTe DSL compiles for sm_80 and sm_90a with
+SASS inspection, the registry entries, and the launcher's config logic.  No GPU needed; what runs
+on a GPU is in tests/gpu/test_gemm_fwd.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cutlass_kernels.gemm import fwd_launch
+
+
+def _sass(variant_name: str, arch: str, tmp_path):
+    """Compile a registered variant (or, for ``"launcher:<json fields>"``, a launcher config)."""
+    pytest.importorskip("cutlass")
+    import json
+
+    from cutlass_kernels import dsl, sass
+    from cutlass_kernels.gemm.variants import TARGET, SOURCES, fwd_variants
+    from cutlass_kernels.registry import make_variant
+
+    if variant_name.startswith("launcher:"):
+        v = make_variant("rational_gemm_fwd_test", TARGET, json.loads(variant_name[9:]), arches=(arch,),
+                         expect_sass={"HMMA": 16, "MUFU.RCP": 48}, sources=SOURCES)
+    else:
+        (v,) = [v for v in fwd_variants() if v.name == variant_name]
+    compiled = v.compile_function()(arch=arch, options=dsl.compile_options(arch, tmp_path / "dump"),
+                                    **v.kwargs_dict)
+    cubin = tmp_path / "k.cubin"
+    cubin.write_bytes(dsl.compiled_cubin(compiled))
+    return v, sass.inspect_cubin(cubin)
+
+
+def _count(full: dict, op: str) -> int:
+    return sum(c for name, c in full.items() if name == op or name.startswith(op + "."))
+
+
+@pytest.mark.parametrize("name,arch,mma,max_regs", [
+    ("rational_gemm_fwd_sm80_bf16_A", "sm_80", "HMMA", 200),
+    ("rational_gemm_fwd_sm90_fp16_B", "sm_90a", "HGMMA", 168),
+    # the launcher's small-grid tile, fp16 / form B / 16-aligned groups, built for sm_86
+    ('launcher:{"kernel": "sm80", "tile": [128, 64, 32], "atoms": [4, 2, 1], "stages": 3, "group_align": 16,'
+     ' "dtype": "fp16", "form": "B"}', "sm_86", "HMMA", 200),
+])
+def test_fused_forward_compiles_to_tensor_core_code_without_spills(name, arch, mma, max_regs, tmp_path):
+    v, info = _sass(name, arch, tmp_path)
+    full = info["sass_full"]
+    for op, minimum in v.expect_sass:  # the registry's own expectations hold
+        assert _count(full, op) >= minimum, (op, _count(full, op))
+    assert _count(full, mma) >= (16 if mma == "HMMA" else 4)
+    # no spills: neither local memory nor stack traffic
+    assert info["spills"] == 0 and _count(full, "STL") == 0 and _count(full, "LDL") == 0
+    assert info["registers"] <= max_regs, info["registers"]
+    # the prologue is there and uses the fast reciprocal: >= one MUFU.RCP per transformed A value
+    # (3 k-blocks x 16 values per thread on sm_80, 4 x 8 on sm_90a) -- a prologue whose result is
+    # overwritten before the MMA would be dead code and vanish from here -- and Horner's FFMAs
+    # (5 numerator + 3 denominator per value at degrees 5/4)
+    rcp = _count(full, "MUFU.RCP")
+    assert rcp >= (48 if mma == "HMMA" else 32)
+    assert _count(full, "FFMA") >= 8 * rcp * 0.9
+
+
+def test_registry_entries():
+    from cutlass_kernels.gemm.common import FwdConfig  # noqa: F401  (imports the DSL)
+    from cutlass_kernels.gemm.variants import fwd_variants, variants
+
+    fwd = fwd_variants()
+    names = {v.name for v in fwd}
+    assert {f"rational_gemm_fwd_sm80_{d}_{f}" for d in ("bf16", "fp16") for f in "AB"} <= names
+    assert {f"rational_gemm_fwd_sm90_{d}_{f}" for d in ("bf16", "fp16") for f in "AB"} <= names
+    for v in fwd:
+        assert "rational" in v.name and "gemm" in v.name
+        kw = v.kwargs_dict
+        assert v.arches == (("sm_90a",) if kw["kernel"] == "sm90" else ("sm_80",))
+        assert dict(v.expect_sass).get("HGMMA" if kw["kernel"] == "sm90" else "HMMA", 0) >= 4
+        FwdConfig(**{k: val for k, val in kw.items() if k != "kernel"})  # valid config
+    assert len({v.name for v in variants()}) == len(variants())  # + backward, no duplicates
+
+
+@pytest.mark.parametrize("k,g", [(192, 8), (384, 8), (768, 8), (1536, 8), (3072, 8), (224, 2), (96, 12)])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_90a"])
+def test_candidates_fit_the_problem(arch, k, g):
+    kg = k // g
+    cands = fwd_launch.candidates(arch, k, kg)
+    assert cands
+    for c in cands:
+        assert k % c["tile"][2] == 0, "K is never predicated: bK must divide K"
+        assert kg % c["group_align"] == 0, "a coefficient set must not straddle groups"
+        assert c["kernel"] == "sm80" or arch == "sm_90a"
+    assert (cands[0]["kernel"] == "sm90") == (arch == "sm_90a" and k % 64 == 0)
+
+
+def test_heuristic_fills_the_machine():
+    big = fwd_launch.heuristic(128 * 197, 3072, 768, 8, "sm_90a", 132)
+    assert big["kernel"] == "sm90" and big["tile"][1] == 256  # 197 x 12 tiles: wide N amortises F
+    small = fwd_launch.heuristic(256, 768, 192, 8, "sm_80", 108)
+    assert small["tile"][:2] == (128, 64)  # too few 128x128 tiles for 108 SMs: the smallest tile
+    mid = fwd_launch.heuristic(4096, 768, 192, 8, "sm_80", 108)
+    assert mid["tile"][:2] == (128, 128)
+
+
+def test_config_validation():
+    pytest.importorskip("cutlass")
+    from cutlass_kernels.gemm.common import FwdConfig
+
+    with pytest.raises(ValueError):
+        FwdConfig(dtype="fp32")
+    with pytest.raises(ValueError):
+        FwdConfig(form="C")
+    with pytest.raises(ValueError):
+        FwdConfig(tile=(128, 128, 24))
+    with pytest.raises(ValueError):
+        FwdConfig(group_align=24)
+    assert FwdConfig().key() != FwdConfig(form="B").key()
+
+
+def test_unsupported_reason_on_cpu_tensors():
+    x = torch.randn(4, 192, dtype=torch.bfloat16)
+    w = torch.randn(768, 192, dtype=torch.bfloat16)
+    reason = fwd_launch.unsupported_reason(x, torch.randn(1, 6), torch.randn(8, 4), w, None)
+    assert reason is not None and "CUDA" in reason
+    with pytest.raises(ValueError, match="CUDA"):
+        fwd_launch.rational_linear_forward(x, torch.randn(1, 6), torch.randn(8, 4), w, None, "A")
+
+
+def test_fused_forward_switch(monkeypatch):
+    monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "0")
+    assert not fwd_launch.enabled()
+    monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "1")
+    assert fwd_launch.enabled()
