@@ -1,0 +1,146 @@
+"""Fused GR-KAN forward GEMM (issue 6) vs the cuBLAS floor, the unfused pair and inductor.
+
+pytest-benchmark groups ``gemm_fwd_<model>_<K>x<N>`` (+ ``gemm_fwd_peak``); GPU only (skipped
+without CUDA sm_80/sm_90 and the DSL).  Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128*197
+tokens; K -> N = D -> 4D and 4D -> D), ``FUSEDKAT_BENCH_SIZE=small`` uses batch 8.  bf16, 8 groups,
+form A.  Implementations (``extra_info["impl"]``):
+
+* ``cublas_linear`` — the floor: ``F.linear(x, W, b)`` with no rational at all.  Goal: fused <= 1.10x.
+* ``unfused`` — our elementwise rational kernel writes F(x), then cuBLAS (``FUSEDKAT_FUSED_FWD=0``).
+* ``inductor_max_autotune`` — ``torch.compile(mode="max-autotune")`` of the torch rational + linear
+  (inductor may fuse the pointwise prologue into its Triton GEMM template).  Goal for both: fused
+  >= 1.3x faster.
+* ``fused`` — the heuristic config; ``fused_autotuned`` — the autotuned one.
+* ``peak`` (group ``gemm_fwd_peak``) — an 8192^3 bf16 ``torch.mm``: the device's measured peak.
+
+``extra_info["flops"]`` = 2 M N K: TFLOP/s = flops / median.  Ratios within one run:
+``python -m bench.bench_gemm_fwd RESULTS.json`` prints them.  With ``--benchmark-disable`` each
+function runs once and the fused result is checked against the unfused one (also a GPU test).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+import pytest
+import torch
+
+from bench._harness import bench_size, measure
+
+pytestmark = pytest.mark.gpu
+
+KAT_DIMS = {"T": 192, "S": 384, "B": 768}
+TOKENS = 197
+BATCH = {"small": 8, "paper": 128}
+GROUPS = 8
+IMPLS = ("cublas_linear", "unfused", "inductor_max_autotune", "fused", "fused_autotuned")
+
+
+def _available() -> bool:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (8, 9):
+        return False
+    try:
+        import cutlass  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cases():
+    for model, d in KAT_DIMS.items():
+        yield pytest.param(model, d, 4 * d, id=f"KAT-{model}-fc1")
+        yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
+
+
+def _inputs(k: int, n_out: int):
+    rows = BATCH[bench_size()] * TOKENS
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = (torch.randn(n_out, k, device="cuda", generator=gen) / k**0.5).to(torch.bfloat16)
+    b = torch.randn(n_out, device="cuda", generator=gen).to(torch.bfloat16)
+    num = torch.randn(1, 6, device="cuda", generator=gen) * 0.5
+    den = torch.randn(GROUPS, 4, device="cuda", generator=gen) * 0.5
+    return x, num, den, w, b
+
+
+@pytest.mark.skipif(not _available(), reason="needs CUDA sm_80/sm_90 and the CuTe DSL")
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("model,k,n_out", list(_cases()))
+def test_gemm_fwd(benchmark, impl, model, k, n_out, monkeypatch):
+    from cutlass_kernels import launch
+    from cutlass_kernels.gemm import fwd_launch
+    from fusedkat.ops import torch_impl
+
+    x, num, den, w, b = _inputs(k, n_out)
+    info = {}
+    if impl == "cublas_linear":
+        def fn():
+            return torch.nn.functional.linear(x, w, b)
+    elif impl == "unfused":
+        monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "0")
+
+        def fn():
+            return launch.rational_linear_forward(x, num, den, w, b, "A")
+    elif impl == "inductor_max_autotune":
+        fn = torch.compile(lambda: torch.nn.functional.linear(
+            torch_impl.group_rational_forward(x, num, den, "A"), w, b), mode="max-autotune")
+    else:
+        tune = impl == "fused_autotuned"
+        cfg = fwd_launch.choose_config(x, w, den, "A", 5, 4, autotune=False)
+        info["config"] = {**cfg, "tile": list(cfg["tile"]), "atoms": list(cfg["atoms"])} if not tune else "autotuned"
+
+        def fn():
+            return fwd_launch.rational_linear_forward(x, num, den, w, b, "A", autotune=tune)
+
+    out = measure(benchmark, fn, group=f"gemm_fwd_{model}_{k}x{n_out}", impl=impl, device=x.device,
+                  model=f"KAT-{model}", rows=x.shape[0], k=k, n=n_out, groups=GROUPS,
+                  flops=2 * x.shape[0] * k * n_out, gpu=torch.cuda.get_device_name(), **info)
+    if impl.startswith("fused") and benchmark.disabled:
+        monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "0")
+        ref = launch.rational_linear_forward(x, num, den, w, b, "A")
+        rel = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+        assert rel < 2e-2, rel
+
+
+@pytest.mark.skipif(not _available(), reason="needs CUDA sm_80/sm_90 and the CuTe DSL")
+def test_gemm_fwd_peak(benchmark):
+    """The device's bf16 tensor-core rate as torch/cuBLAS reaches it on a large square GEMM."""
+    n = 8192 if bench_size() == "paper" else 4096
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    bm = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    measure(benchmark, lambda: torch.mm(a, bm), group="gemm_fwd_peak", impl="peak", device=a.device,
+            rows=n, k=n, n=n, flops=2 * n**3, gpu=torch.cuda.get_device_name())
+
+
+def summarize(data: dict) -> str:
+    """Markdown table of a ``--benchmark-json`` run: TFLOP/s and the goal ratios per shape."""
+    peak = None
+    by_group: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bm in data["benchmarks"]:
+        info, med = bm.get("extra_info", {}), bm["stats"]["median"]
+        if bm.get("group") == "gemm_fwd_peak":
+            peak = info["flops"] / med / 1e12
+        elif str(bm.get("group", "")).startswith("gemm_fwd_"):
+            by_group[bm["group"]][info["impl"]] = {"s": med, "tflops": info["flops"] / med / 1e12}
+    lines = [f"measured bf16 peak (torch.mm): {peak:.0f} TFLOP/s" if peak else "peak: not measured", "",
+             "| shape | " + " | ".join(f"{i} TFLOP/s" for i in IMPLS) + " | fused/floor | unfused/fused | inductor/fused |",
+             "|" + "---|" * (len(IMPLS) + 4)]
+    for group, r in sorted(by_group.items()):
+        def t(i):
+            return r[i]["tflops"] if i in r else float("nan")
+
+        def ratio(a, b):
+            return r[a]["s"] / r[b]["s"] if a in r and b in r else float("nan")
+
+        lines.append(f"| {group[9:]} | " + " | ".join(f"{t(i):.0f}" for i in IMPLS)
+                     + f" | {ratio('fused', 'cublas_linear'):.2f} | {ratio('unfused', 'fused'):.2f}"
+                     + f" | {ratio('inductor_max_autotune', 'fused'):.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m bench.bench_gemm_fwd RESULTS.json")
+    with open(sys.argv[1]) as fh:
+        print(summarize(json.load(fh)))
