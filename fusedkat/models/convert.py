@@ -12,6 +12,7 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
+from timm.layers import Mlp
 from torch import nn
 
 from ..init import fit_rational
@@ -48,7 +49,9 @@ def _module_as_function(act: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 def _mlp_to_kan(mlp: nn.Module, form: str, num_groups: int) -> KANMlp:
     fc1, fc2, act = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None), getattr(mlp, "act", None)
-    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and isinstance(act, nn.Module)):
+    if not (isinstance(mlp, Mlp) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+            and isinstance(act, nn.Module) and fc2.in_features == fc1.out_features):
+        # GLU variants (SwiGLU, GluMlp) gate half of fc1's output: no fc1 -> F -> fc2 counterpart.
         raise TypeError(f"vit_to_kat needs timm Mlp blocks (fc1 -> act -> fc2 Linear layers); got {type(mlp).__name__}")
     if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
         raise NotImplementedError("vit_to_kat: MLPs with a hidden norm (scale_mlp_norm) have no exact KAN counterpart")
