@@ -295,3 +295,28 @@ def test_ranges_work_without_a_tool_attached():
         y.sum().backward()
     assert torch.equal(y, ref)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_profile_kat_script_ranges(injection_lib, tmp_path):
+    """bench/profile_kat.py on a one-block KAT: prints the nsys command, emits step/module/op ranges."""
+    log = tmp_path / "profile.log"
+    env = dict(os.environ, NVTX_INJECTION64_PATH=str(injection_lib), NVTX_CAPTURE_LOG=str(log))
+    env.pop("FUSEDKAT_NVTX", None)
+    args = ["--depth", "1", "--img-size", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "bench.profile_kat", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first = proc.stdout.splitlines()[1]
+    assert first.startswith("nsys profile ") and first.endswith("-m bench.profile_kat " + " ".join(args))
+    events = [line.split("\t") for line in log.read_text().splitlines()]
+    events = [e for e in events if e[1] == profiling.DOMAIN]
+    pushes = _check_nesting(events)
+    assert pushes[0] == (0, "step 0")
+    assert (1, "KAT fwd 2x3x32x32") in pushes
+    assert (2, "blocks:Sequential fwd 2x5x192") in pushes
+    assert (3, "blocks.0:Block fwd 2x5x192") in pushes
+    assert (4, "blocks.0.mlp:KANMlp fwd 2x5x192") in pushes
+    assert (5, "fusedkat::rational_linear_forward[torch] 2x5x192 1x6 8x4 768x192 768") in pushes
+    starts = [e[4] for e in events if e[0] == "start"]
+    assert "blocks.0.mlp:KANMlp bwd" in starts and "blocks.0:Block bwd" in starts
