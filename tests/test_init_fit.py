@@ -132,3 +132,35 @@ def test_bad_arguments(kwargs, exc, match):
 def test_target_returning_nan_is_rejected():
     with pytest.raises(ValueError, match="finite"):
         fit_rational(lambda x: np.where(x > 0, np.inf, 0.0), num_points=50)
+
+
+def test_fits_are_computed_once_per_process(monkeypatch):
+    from fusedkat.nn import KANMlp
+
+    calls = []
+    real = fitmod._fit_fresh
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fitmod, "_fit_fresh", counting)
+
+    def softsign(x):
+        return x / (1 + np.abs(x))
+
+    for _ in range(3):
+        KANMlp(16, 32, act_init=softsign)
+    assert calls == ["softsign"]
+    KANMlp(16, 32, act_init="gelu")  # a table hit: no fit at all
+    assert calls == ["softsign"]
+
+
+def test_import_and_model_build_do_not_import_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys, fusedkat, timm; assert 'scipy' not in sys.modules, 'import';"
+            "timm.create_model('kat_tiny_gelu_patch16_224', img_size=32, patch_size=8, depth=1);"
+            "assert 'scipy.optimize' not in sys.modules, 'build'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

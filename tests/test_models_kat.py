@@ -311,3 +311,18 @@ def test_vit_to_kat_other_configurations():
                             mlp_ratio=4, **SMALL)
     with pytest.raises(TypeError, match="Mlp"):
         vit_to_kat(glu)
+
+
+def test_activation_target_mapping():
+    from fusedkat.models import activation_target
+
+    assert activation_target(nn.GELU()) == "gelu"
+    assert activation_target(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert activation_target(nn.SiLU()) == "silu" and activation_target(nn.ReLU()) == "relu"
+    assert activation_target(timm.layers.QuickGELU()) == "quick_gelu"
+    fn = activation_target(nn.Softsign())  # not tabulated: the module itself becomes the target
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    torch.testing.assert_close(torch.from_numpy(fn(x.numpy())), nn.functional.softsign(x))
+    fit = fit_rational(fn, form="A")
+    # x / (1 + |x|) is itself a form-A rational (a_1 = 1, |b_1| = 1): the fit must find it
+    assert fit.mse < 1e-12 and fit.target == "Softsign"

@@ -138,7 +138,7 @@ def _fit_fresh(fn: Callable[[np.ndarray], np.ndarray], name: str, m: int, n: int
             with warnings.catch_warnings():
                 # LM often cannot estimate the covariance (flat directions); we never use it.
                 warnings.simplefilter("ignore")
-                popt, _ = curve_fit(model, x, y, p0=p0, method="lm", maxfev=20000)
+                popt, _ = curve_fit(model, x, y, p0=p0, method="lm", maxfev=6000)
         except (RuntimeError, ValueError, FloatingPointError):
             continue  # this start did not converge; others will
         if not np.all(np.isfinite(popt)):
