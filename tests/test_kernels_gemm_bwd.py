@@ -82,10 +82,11 @@ def test_registered_variants_names_and_expectations():
 
     vs = variants()
     names = {v.name for v in vs}
-    assert len(names) == len(vs) == 8
+    assert len(names) == len(vs) == 12
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
-        assert dict(v.expect_sass)["HMMA"] >= 1 and v.arches == ("sm_80", "sm_90a")
+        mma = "HGMMA" if "_sm90_" in v.name else "HMMA"
+        assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80", "sm_90a"))
 
 
 @pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
@@ -134,3 +135,61 @@ def test_launcher_arguments_match_the_compiled_signature(mode, shared):
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.element_type == b.element_type, i
         assert _layout_text(a) == _layout_text(b), (i, str(a), str(b))
+
+
+class _NumpyWarp:
+    """reduce_scatter's operations on 32 simulated lanes (one numpy array per value)."""
+
+    lanes = None
+
+    @staticmethod
+    def bit(lane, off):
+        return (lane & off) != 0
+
+    @staticmethod
+    def select(cond, a, b):
+        import numpy as np
+
+        return np.where(cond, a, b)
+
+    select_int = select
+
+    @staticmethod
+    def shfl_xor(v, off):
+        import numpy as np
+
+        return v[np.arange(32) ^ off]
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 20, 40, 64, 160])
+def test_warp_reduce_scatter_sums_every_index_once(n):
+    """The dgrad epilogue's cross-lane reduction, run on a CPU model of a warp: each original index
+    ends on exactly one writer lane, holding the sum over the 32 lanes (float64: exact order aside)."""
+    import numpy as np
+
+    from cutlass_kernels.gemm.bwd_epilogue import reduce_scatter
+
+    rng = np.random.default_rng(n)
+    data = rng.standard_normal((n, 32))
+    lane = np.arange(32)
+    vals, base, rest = reduce_scatter([data[i].copy() for i in range(n)], lane, _NumpyWarp)
+    base = np.broadcast_to(base, (32,))
+    seen = []
+    for ln in range(32):
+        if ln & rest:
+            continue
+        for j, v in enumerate(vals):
+            idx = int(base[ln]) + j
+            seen.append(idx)
+            assert v[ln] == pytest.approx(data[idx].sum(), rel=1e-12, abs=1e-12)
+    assert sorted(seen) == list(range(n))
+    # Shuffle count actually issued per lane (what the kernel pays): far below the 5n of a butterfly.
+    shuffles, m, off = 0, n, 16
+    while off >= 1 and m % 2 == 0:
+        m //= 2
+        shuffles += m
+        off //= 2
+    while off >= 1:
+        shuffles += m
+        off //= 2
+    assert shuffles <= 5 * n

@@ -66,8 +66,14 @@ def compile_bwd(cfg: BwdConfig, arch: str = "sm_80"):
 
 
 def compile_variant(arch: str, options: str, mode: str, ab_dtype: str, c_dtype: str, form: str,
-                    m: int = 5, n: int = 4, shared_numerator: bool = True):
+                    m: int = 5, n: int = 4, shared_numerator: bool = True, kernel: str = "sm80"):
     """Registry / runtime entry point (``cutlass_kernels.build`` and ``cutlass_kernels.runtime``
     call it with ``options`` carrying the arch and, for the build, the dump dir)."""
+    if kernel == "sm90":
+        from .bwd_sm90 import RationalDgradSm90
+
+        cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64),
+                        stages=4, kernel="sm90")
+        return cute.compile(RationalDgradSm90(cfg), *fake_arguments(cfg), options=options)
     cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
     return cute.compile(RationalBwdSm80(cfg), *fake_arguments(cfg), options=options)

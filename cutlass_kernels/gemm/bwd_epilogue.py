@@ -68,6 +68,60 @@ def chunk_groups(tiled_mma, bm: int, bn: int, num_threads: int, warps_m: int) ->
     return out
 
 
+def reduce_scatter(vals: list, lane, ops, width: int = 32):
+    """Warp sum of ``n = len(vals)`` per-lane values with ~n + small shuffles instead of 5n.
+
+    Halving steps (offsets 16, 8, ...) while n is even: a lane keeps the half of the values its
+    lane bit selects and adds the partner's copy of that half (one shuffle per kept value); then a
+    plain butterfly over the remaining offsets.  Returns ``(vals, base, rest)``: lanes with
+    ``lane & rest == 0`` hold the warp totals of the original indices ``base .. base+len(vals)-1``
+    (each index on exactly one such lane).  Fixed operation order: deterministic.  ``ops`` supplies
+    ``bit(lane, off)``, ``select(cond, a, b)``, ``select_int(cond, a, b)``, ``shfl_xor(v, off)`` so the
+    same code runs in a kernel and in a CPU simulation of 32 lanes (tests).
+    """
+    n = len(vals)
+    off = width // 2
+    base = 0
+    while off >= 1 and n % 2 == 0:
+        half = n // 2
+        upper = ops.bit(lane, off)
+        keep = [ops.select(upper, vals[half + i], vals[i]) for i in range(half)]
+        send = [ops.select(upper, vals[i], vals[half + i]) for i in range(half)]
+        vals = [keep[i] + ops.shfl_xor(send[i], off) for i in range(half)]
+        base = base + ops.select_int(upper, half, 0)
+        n = half
+        off //= 2
+    rest = max(2 * off - 1, 0)  # off == 0: every lane holds distinct totals
+    while off >= 1:
+        vals = [v + ops.shfl_xor(v, off) for v in vals]
+        off //= 2
+    return vals, base, rest
+
+
+class DslWarpOps:
+    """:func:`reduce_scatter`'s operations on DSL values inside a kernel."""
+
+    @staticmethod
+    def bit(lane, off):
+        return (lane & off) != 0
+
+    @staticmethod
+    def select(cond, a, b):
+        return cutlass.Float32(cutlass.select_(cond, a, b))
+
+    @staticmethod
+    def select_int(cond, a, b):
+        return cutlass.Int32(cutlass.select_(cond, cutlass.Int32(a), cutlass.Int32(b)))
+
+    @staticmethod
+    def shfl_xor(v, off):
+        return cute.arch.shuffle_sync_bfly(v, offset=off)
+
+
+#: Chunks whose partials are reduced together (BATCH * P values per reduce_scatter).
+BATCH = 2
+
+
 @cute.jit
 def load_coefficients(mNum: cute.Tensor, mDen: cute.Tensor, group, m: cutlass.Constexpr,
                       n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
@@ -88,45 +142,89 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
     rows = mC.shape[0]
     cols = mC.shape[1]
     last_group = mDen.shape[0] - 1
+    for b0 in cutlass.range_constexpr(0, len(groups), BATCH):
+        nb = min(BATCH, len(groups) - b0)
+        flat = []
+        chunk_cols = []
+        for gi in cutlass.range_constexpr(b0, b0 + nb):
+            sums, chunk_col = _chunk_sums(acc, tCcC, tCgX, mNum, mDen, group_size, rows, cols, last_group,
+                                          groups[gi], form, m, n, shared_numerator)
+            flat = flat + sums
+            chunk_cols.append(chunk_col)
+        vals, base, rest = reduce_scatter(flat, lane, DslWarpOps)
+        if (lane & rest) == 0:
+            for j in cutlass.range_constexpr(len(vals)):
+                idx = base + j
+                c = idx // P
+                col = chunk_cols[0]
+                for q in cutlass.range_constexpr(1, nb):
+                    col = cutlass.Int32(cutlass.select_(c == q, chunk_cols[q], col))
+                if cute.elem_less(col, cols):
+                    mWs[ws_row, col // CHUNK, idx - c * P] = vals[j]
+
+
+@cute.jit
+def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
+                group_size, rows, cols, last_group, idx: cutlass.Constexpr, form: cutlass.Constexpr,
+                m: cutlass.Constexpr, n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
+    """acc[idx] <- G * F'(x) for the values of one chunk; returns (this lane's sums of
+    G * dF/d(a_0..a_m, b_1..b_n), the chunk's first column)."""
+    P = m + 1 + n
     per_element_sign = form == "B"
-    for gi in cutlass.range_constexpr(len(groups)):
-        idx = groups[gi]
-        col0 = tCcC[idx[0]][1]
-        chunk_col = col0 - col0 % CHUNK
-        group = cutlass.min(chunk_col // group_size, last_group)
-        a, b = load_coefficients(mNum, mDen, group, m, n, shared_numerator)
-        sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
-        den_sign = None
-        for e in cutlass.range_constexpr(len(idx)):
-            i = idx[e]
-            c = tCcC[i]
-            x = cutlass.Float32(0.0)
-            if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
-                x = tCgX[i].to(cutlass.Float32)
-            g = acc[i]
-            t = rm.grad_terms(a, b, x, form, DslMath)
-            acc[i] = g * t.dfdx
-            # Same recurrences as fusedkat.ops.torch_impl.group_rational_backward.
-            term = g * t.inv_q
-            for p in cutlass.range_constexpr(m + 1):
-                sums[p] = sums[p] + term
-                if cutlass.const_expr(p < m):
-                    term = term * x
-            term = g * t.neg_f_over_q
-            if cutlass.const_expr(per_element_sign):
-                term = term * t.den_sign
-            for j in cutlass.range_constexpr(n):
-                term = term * t.base
-                sums[m + 1 + j] = sums[m + 1 + j] + term
-            den_sign = t.den_sign
-        if cutlass.const_expr(not per_element_sign):
-            for j in cutlass.range_constexpr(n):
-                sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
-        # Fixed butterfly order: every run adds the same operands in the same order.
-        for p in cutlass.range_constexpr(P):
-            for s in cutlass.range_constexpr(5):
-                sums[p] = sums[p] + cute.arch.shuffle_sync_bfly(sums[p], offset=16 >> s)
-        if lane == 0:
-            if cute.elem_less(chunk_col, cols):
-                for p in cutlass.range_constexpr(P):
-                    mWs[ws_row, chunk_col // CHUNK, p] = sums[p]
+    col0 = tCcC[idx[0]][1]
+    chunk_col = col0 - col0 % CHUNK
+    group = cutlass.min(chunk_col // group_size, last_group)
+    a, b = load_coefficients(mNum, mDen, group, m, n, shared_numerator)
+    sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
+    den_sign = None
+    for e in cutlass.range_constexpr(len(idx)):
+        i = idx[e]
+        c = tCcC[i]
+        x = cutlass.Float32(0.0)
+        if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
+            x = tCgX[i].to(cutlass.Float32)
+        g = acc[i]
+        t = rm.grad_terms(a, b, x, form, DslMath)
+        acc[i] = g * t.dfdx
+        # Same recurrences as fusedkat.ops.torch_impl.group_rational_backward.
+        term = g * t.inv_q
+        for p in cutlass.range_constexpr(m + 1):
+            sums[p] = sums[p] + term
+            if cutlass.const_expr(p < m):
+                term = term * x
+        term = g * t.neg_f_over_q
+        if cutlass.const_expr(per_element_sign):
+            term = term * t.den_sign
+        for j in cutlass.range_constexpr(n):
+            term = term * t.base
+            sums[m + 1 + j] = sums[m + 1 + j] + term
+        den_sign = t.den_sign
+    if cutlass.const_expr(not per_element_sign):
+        for j in cutlass.range_constexpr(n):
+            sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
+    return sums, chunk_col
+
+
+@cute.jit
+def store_tile(acc: cute.Tensor, mC: cute.Tensor, gC: cute.Tensor, cC: cute.Tensor, sC: cute.Tensor,
+               thr_mma, copy_C, tidx, dtype: cutlass.Constexpr):
+    """``acc`` -> ``dtype`` -> smem tile ``sC`` -> predicated 128-bit row stores into ``gC`` (rows < M,
+    8-column vectors < N).  The caller makes sure nothing still reads the smem behind ``sC``."""
+    out = cute.make_fragment_like(acc, dtype)
+    out.store(acc.load().to(dtype))
+    cute.autovec_copy(out, thr_mma.partition_C(sC))
+    thr_C = copy_C.get_slice(tidx)
+    tsC, tgC, tcC = thr_C.partition_S(sC), thr_C.partition_D(gC), thr_C.partition_S(cC)
+    rC = cute.make_fragment_like(tsC)
+    cute.arch.sync_threads()
+    cute.autovec_copy(tsC, rC)
+    tpC = cute.make_rmem_tensor(
+        cute.make_layout((tgC.shape[0][1], cute.size(tgC, mode=[1]), cute.size(tgC, mode=[2])),
+                         stride=(cute.size(tgC, mode=[1]), 1, 0)), cutlass.Boolean)
+    for rv in cutlass.range_constexpr(tpC.shape[0]):
+        for r in cutlass.range_constexpr(tpC.shape[1]):
+            tpC[rv, r, 0] = cute.elem_less(tcC[(0, rv), r, 0][0], mC.shape[0])
+    for rv in cutlass.range_constexpr(tpC.shape[0]):
+        for ci in cutlass.range_constexpr(tpC.shape[2]):
+            if cute.elem_less(tcC[(0, rv), 0, ci][1], mC.shape[1]):
+                cute.copy(copy_C, rC[None, None, ci], tgC[None, None, ci], pred=tpC[None, None, ci])

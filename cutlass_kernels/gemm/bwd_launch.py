@@ -99,6 +99,11 @@ def wgrad_arguments(go, x2, dw, ws, num32, den32) -> tuple:
     return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt, *_coef_arguments(ws, num32, den32))
 
 
+def _use_sm90_dgrad(device: torch.device) -> bool:
+    """TMA + WGMMA dgrad on sm_90 (unless ``FUSEDKAT_BWD_SM90=0``); mma.sync elsewhere."""
+    return torch.cuda.get_device_capability(device)[0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
+
+
 def _kernel(cfg, device: torch.device):
     """Compiled kernel of ``cfg`` for the device's arch (memo, then AOT disk cache, then JIT)."""
     from ..arch import arch_from_capability
@@ -106,7 +111,7 @@ def _kernel(cfg, device: torch.device):
     from .bwd_variants import SOURCES
 
     fields = {"mode": cfg.mode, "ab_dtype": cfg.ab_dtype, "c_dtype": cfg.c_dtype, "form": cfg.form,
-              "m": cfg.m, "n": cfg.n, "shared_numerator": cfg.shared_numerator}
+              "m": cfg.m, "n": cfg.n, "shared_numerator": cfg.shared_numerator, "kernel": cfg.kernel}
     arch = arch_from_capability(torch.cuda.get_device_capability(device))
     return get_kernel("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, SOURCES)
 
@@ -156,9 +161,11 @@ def rational_linear_backward(
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
     # 1. dgrad + coefficient partials
-    dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared)
-    bm = dcfg.tile[0]
-    s_rows = -(-rows // bm) * dcfg.atoms[0]
+    if _use_sm90_dgrad(x.device):
+        dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared, tile=(128, 128, 64), stages=4, kernel="sm90")
+    else:
+        dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared)
+    s_rows = -(-rows // dcfg.tile[0]) * dcfg.ws_rows_per_tile
     # Every (row, chunk) slot has exactly one writer (see bwd_sm80), so no zero-fill is needed.
     ws = torch.empty((s_rows, k // CHUNK, dcfg.num_params), dtype=torch.float32, device=x.device)
     dx = torch.empty_like(x2)

@@ -53,6 +53,7 @@ class BwdConfig:
     # 8 warps (warp tile 64x32): 4 warps (64x64) spill in wgrad (255 regs) once F is in the loop.
     atoms: Tuple[int, int, int] = (2, 4, 1)
     stages: int = 3
+    kernel: str = "sm80"  # "sm80": mma.sync (this module); "sm90": TMA + WGMMA dgrad (bwd_sm90)
 
     def __post_init__(self) -> None:
         if self.mode not in ("dgrad", "wgrad"):
@@ -66,6 +67,12 @@ class BwdConfig:
             raise ValueError("dgrad writes dx in x's dtype: c_dtype must equal ab_dtype")
         bm, bn, bk = self.tile
         am, an, ak = self.atoms
+        if self.kernel == "sm90":
+            if self.mode != "dgrad" or self.tile != (128, 128, 64) or self.stages < 2:
+                raise ValueError("the sm90 backward kernel is the dgrad with tile (128, 128, 64)")
+            return
+        if self.kernel != "sm80":
+            raise ValueError(f"kernel must be 'sm80' or 'sm90', got {self.kernel!r}")
         if ak != 1 or bm % (16 * am) or bn % (16 * an) or bk % 16 or self.stages < 3:
             raise ValueError(f"unsupported tile/atoms/stages {self.tile} {self.atoms} {self.stages}")
 
@@ -76,13 +83,20 @@ class BwdConfig:
 
     @property
     def num_threads(self) -> int:
+        if self.kernel == "sm90":
+            return 128 * (self.tile[0] // 64)  # one consumer warpgroup per 64 rows
         return 32 * self.atoms[0] * self.atoms[1]
+
+    @property
+    def ws_rows_per_tile(self) -> int:
+        """dgrad partial slots per M tile: the warps with distinct rows (see bwd_epilogue)."""
+        return self.tile[0] // 16 if self.kernel == "sm90" else self.atoms[0]
 
     def key(self) -> str:
         """Short stable name, used in variant names and caches."""
         t = "x".join(map(str, self.tile)) + "_w" + "x".join(map(str, self.atoms[:2]))
         num = "sn" if self.shared_numerator else "gn"
-        return f"{self.mode}_{self.ab_dtype}_{self.c_dtype}_{self.form}_m{self.m}n{self.n}_{num}_{t}_s{self.stages}"
+        return f"{self.kernel}_{self.mode}_{self.ab_dtype}_{self.c_dtype}_{self.form}_m{self.m}n{self.n}_{num}_{t}_s{self.stages}"
 
 
 _CHECKED_LAYOUTS: set = set()  # layouts already proven by _check_layout_assumptions

@@ -12,7 +12,9 @@ from fusedkat.ops import rational_math as rm
 from ..registry import Variant, make_variant
 
 _TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
-SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.bwd_sm80")
+SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
+                            "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90",
+                            "cutlass_kernels.gemm.bwd_epilogue")
 #: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
 #: when the weight has another dtype.
 WGRAD_OUT = "fp32"
@@ -37,4 +39,11 @@ def variants() -> list[Variant]:
                     variant_name(mode, ab, c, form), _TARGET,
                     {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form},
                     arches=("sm_80", "sm_90a"), expect_sass=expect, sources=SOURCES))
+    # Hopper dgrad: TMA + WGMMA (SS); 4 x 64x128x16 HGMMA per 64-wide k-tile.
+    for ab in ("bf16", "fp16"):
+        for form in rm.FORMS:
+            out.append(make_variant(
+                f"rational_gemm_dgrad_sm90_{ab}_{ab}_{form}", _TARGET,
+                {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, "form": form, "kernel": "sm90"},
+                arches=("sm_90a",), expect_sass={"HGMMA": 4, "MUFU.RCP": 1, "SHFL.BFLY": 1}, sources=SOURCES))
     return out
