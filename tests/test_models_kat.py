@@ -326,3 +326,15 @@ def test_activation_target_mapping():
     fit = fit_rational(fn, form="A")
     # x / (1 + |x|) is itself a form-A rational (a_1 = 1, |b_1| = 1): the fit must find it
     assert fit.mse < 1e-12 and fit.target == "Softsign"
+
+
+def test_fix_init_rescales_after_mimetic_init():
+    torch.manual_seed(0)
+    a = timm.create_model("kat_tiny_patch16_224", **SMALL)
+    torch.manual_seed(0)
+    b = timm.create_model("kat_tiny_patch16_224", fix_init=True, **SMALL)
+    for i, (ba, bb) in enumerate(zip(a.blocks, b.blocks)):
+        scale = (2.0 * (i + 1)) ** 0.5
+        torch.testing.assert_close(bb.attn.proj.weight, ba.attn.proj.weight / scale)
+        torch.testing.assert_close(bb.mlp.fc2.weight, ba.mlp.fc2.weight / scale)
+        torch.testing.assert_close(bb.attn.qkv.weight, ba.attn.qkv.weight)

@@ -48,11 +48,18 @@ class KAT(VisionTransformer):
         super().__init__(*args, mlp_layer=mlp_layer, **kwargs)
 
     def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
-        """timm's ViT init (KANMlp re-initialises its own layers), then mimetic attention init."""
-        super().init_weights(mode, needs_reset)
+        """timm's ViT init (KANMlp re-initialises its own layers), mimetic attention init, then
+        timm's optional ``fix_init`` depth rescaling (last, so it also applies to mimetic attn.proj)."""
+        fix_init, self.fix_init = self.fix_init, False
+        try:
+            super().init_weights(mode, needs_reset)
+        finally:
+            self.fix_init = fix_init
         if self.mimetic_init and (mode or self.weight_init_mode) != "reset":
             for block in self.blocks:
                 mimetic_init_(block.attn)
+        if fix_init:
+            self.fix_init_weight()
 
 
 def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
@@ -145,5 +152,4 @@ def _entry(size: str, act: str, variant: str):
 for _size in MODEL_CONFIGS:
     for _act, _suffix in (("swish", ""), ("gelu", "_gelu"), ("swish", "_swish")):
         _name = f"kat_{_size}{_suffix}_patch16_224"
-        globals()[_name] = register_model(_entry(_size, _act, _name))
-        __all__.append(_name)
+        globals()[_name] = register_model(_entry(_size, _act, _name))  # also appends to __all__
