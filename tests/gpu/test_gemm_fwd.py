@@ -4,7 +4,9 @@ Reference: the independent float64 formula (tests/rational_reference.py) on the 
 bf16/fp16-rounded x and W.  The kernel rounds F(x) to the MMA dtype before the tensor cores, as any
 bf16 GEMM fed with F(x) would, so its error is judged against cuBLAS doing exactly that: ``F.linear``
 of the float64 F(x) rounded to the dtype.  The fused error must stay within 1.5x of that baseline
-(plus a small absolute slack for the fast reciprocal's 2^-22).
+(plus 2e-4 absolute slack; the fast reciprocal adds ~2^-22).  An emulation of the kernel's
+rounding (fp32 F -> dtype, fp32 accumulation) lands at 0.9-1.0x the baseline on these shapes, and
+the coefficients of a neighbouring group give errors above 0.3.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def _check(y, x, num, den, w, b, form):
     baseline = torch.nn.functional.linear(f_rounded, w, b.to(x.dtype))  # cuBLAS on rounded F(x)
     err, base = _rel(y, ref), _rel(baseline, ref)
     assert torch.isfinite(y).all()
-    assert err <= 1.5 * base + 1e-3, f"fused rel err {err:.2e} vs cuBLAS-on-rounded-F {base:.2e}"
+    assert err <= 1.5 * base + 2e-4, f"fused rel err {err:.2e} vs cuBLAS-on-rounded-F {base:.2e}"
 
 
 def _configs():
