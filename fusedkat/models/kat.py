@@ -11,6 +11,12 @@ Usage (a timm user's view)::
     model = timm.create_model("kat_tiny_patch16_224", pretrained=True,
                               pretrained_cfg_overlay=dict(file="kat_tiny.pth"))  # official weights
 
+Initialisation (seeded by torch's RNG): timm's ViT init for embeddings/norms/head, mimetic attention
+init, act1 = identity and act2 = fit of ``act_init`` for the rationals' form, and fc1/fc2 with the
+variance-preserving init.  (The official ``init_weights_vit_kan_*`` draws a Kaiming init for fc1/fc2
+and then overwrites it with trunc_normal(0.02) in its ``else`` branch; we implement what the paper
+describes.)
+
 Extra model kwargs: ``act_init`` (target of act2; "swish"/"gelu"/...), ``rational_form`` ("A", the
 official checkpoints' function, or "B"), ``num_groups`` (8), ``mimetic_init`` (True).
 """
