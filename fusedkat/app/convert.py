@@ -120,8 +120,10 @@ def run_convert(
     name = kat_name_for(model)
     nc = "" if vit.num_classes == 1000 else f", num_classes={vit.num_classes}"
     if name and form == "A" and num_groups == 8:
+        # num_classes goes into the overlay too: otherwise timm drops a head whose size differs
+        # from the pretrained cfg's 1000 classes.
         print(f"load it with: timm.create_model({name!r}, pretrained=True{nc}, "
-              f"pretrained_cfg_overlay=dict(file={str(out)!r}))  # after `import fusedkat.models`", file=stream)
+              f"pretrained_cfg_overlay=dict(file={str(out)!r}{nc}))  # after `import fusedkat.models`", file=stream)
         info["timm_name"] = name
     else:
         print(f"load it with: fusedkat.models.vit_to_kat(timm.create_model({model!r}{nc}), form={form!r}, "
