@@ -105,6 +105,7 @@ def header(data: dict[str, Any]) -> str:
         f"- device: {env.get('device', '?')} - {where}",
         f"- size: {env.get('size', '?')}; torch threads: {env.get('torch_num_threads', '?')} "
         f"(cpu_count {env.get('cpu_count', '?')}, affinity {env.get('cpu_affinity', '?')})",
+        f"- load average (1/5/15 min) when the run ended: {env.get('loadavg_1_5_15', '?')}",
         f"- malloc: {env.get('malloc', '?')}" + (f"; LD_PRELOAD={env['malloc_preload']}" if env.get("malloc_preload") else ""),
         f"- torch {versions.get('torch', '?')}, timm {versions.get('timm', '?')}, fusedkat {versions.get('fusedkat', '?')}, "
         f"python {env.get('python', mi.get('python_version', '?'))}; commit {env.get('git_commit') or '?'}",
