@@ -338,3 +338,17 @@ def test_fix_init_rescales_after_mimetic_init():
         torch.testing.assert_close(bb.attn.proj.weight, ba.attn.proj.weight / scale)
         torch.testing.assert_close(bb.mlp.fc2.weight, ba.mlp.fc2.weight / scale)
         torch.testing.assert_close(bb.attn.qkv.weight, ba.attn.qkv.weight)
+
+
+def test_meta_build_then_materialise_and_init():
+    model = timm.create_model("kat_small_patch16_224", device="meta", **SMALL)
+    model = model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.init_weights()
+    blk = model.blocks[1]
+    assert torch.equal(blk.mlp.act1.weight_numerator[0], torch.tensor([0.0, 1, 0, 0, 0, 0]))
+    torch.testing.assert_close(blk.mlp.act2.weight_numerator[0].double(), torch.tensor(fit_rational("swish").numerator),
+                               atol=1e-7, rtol=0)
+    w = blk.attn.qkv.weight.double()
+    assert torch.diagonal(w[:384].T @ w[384:768]).mean().item() == pytest.approx(0.7, abs=0.01)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
