@@ -55,9 +55,15 @@ class FwdConfig:
     atoms: Tuple[int, int, int] = (4, 2, 1)  # warps along (M, N, K); sm_80 only
     stages: int = 3
     group_align: int = 8
+    #: sm_80 only: "regs" = F on the A register fragment after ldmatrix (each warp column of the CTA
+    #: transforms its A rows); "smem" = each thread transforms the A elements it cp.async'ed, in
+    #: shared memory, once per CTA, before the barrier that publishes the stage.
+    prologue: str = "regs"
 
     def __post_init__(self) -> None:
         rm.RationalSpec(self.m, self.n, self.form)
+        if self.prologue not in ("regs", "smem"):
+            raise ValueError(f"prologue must be 'regs' or 'smem', got {self.prologue!r}")
         if self.dtype not in ("bf16", "fp16"):
             raise ValueError(f"the fused GEMM takes bf16 or fp16, got {self.dtype!r}")
         bm, bn, bk = self.tile
@@ -75,7 +81,7 @@ class FwdConfig:
         """Short stable name (variant names, caches)."""
         t = "x".join(map(str, self.tile))
         a = "x".join(map(str, self.atoms))
-        return f"{self.dtype}_{self.form}_m{self.m}n{self.n}_{t}_w{a}_s{self.stages}_ga{self.group_align}"
+        return f"{self.dtype}_{self.form}_m{self.m}n{self.n}_{t}_w{a}_s{self.stages}_ga{self.group_align}_{self.prologue}"
 
 
 # ---------------------------------------------------------------------------- layouts / copies

@@ -79,8 +79,11 @@ def candidates(arch: str, k: int, group_size: int) -> list[dict]:
     if arch == "sm_90a" and k % 64 == 0:
         for bn in (256, 128):
             out.append({"kernel": "sm90", "tile": (128, bn, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": ga})
-    for bn in (128, 64):
-        out.append({"kernel": "sm80", "tile": (128, bn, 32), "atoms": (4, 2, 1), "stages": 3, "group_align": ga})
+    sm80 = {"kernel": "sm80", "atoms": (4, 2, 1), "stages": 3, "group_align": ga}
+    out.append({**sm80, "tile": (128, 128, 32)})
+    # F once per CTA in smem instead of once per warp column in registers: for autotune to decide
+    out.append({**sm80, "tile": (128, 128, 32), "prologue": "smem"})
+    out.append({**sm80, "tile": (128, 64, 32)})  # last: the smallest tile (heuristic's fallback)
     return out
 
 

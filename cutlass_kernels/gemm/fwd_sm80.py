@@ -24,6 +24,9 @@ unstored columns.
 import cutlass
 import cutlass.cute as cute
 
+from fusedkat.ops import rational_math as rm
+
+from ..dsl import DslMath
 from .common import (MAX_GROUPS, FwdConfig, a_value_chunks, apply_rational, coef_set, dsl_dtype,
                      epilogue_bias_store, fill_coef_table, rowmajor_tiled_copy, smem_layout_kmajor, smem_layout_rowmajor)
 
@@ -152,12 +155,17 @@ class RationalGemmFwdSm80:
         pipe_read = cutlass.Int32(0)
         pipe_write = cutlass.Int32(stages - 1)
         cute.arch.cp_async_wait_group(stages - 2)
+        smem_prologue = cfg.prologue == "smem"
+        if cutlass.const_expr(smem_prologue):
+            cute.arch.sync_threads()  # the coefficient table is visible
+            self._transform_smem(tAsA, tAcA, 0, cutlass.Int32(0), sCoef, group_size, last_group)
         cute.arch.sync_threads()  # stage 0 and the coefficient table are visible
         sA_p = tXsA[None, None, None, pipe_read]
         sB_p = tXsB[None, None, None, pipe_read]
         cute.copy(s2r_A, sA_p[None, None, 0], tXrA[None, None, 0])
         cute.copy(s2r_B, sB_p[None, None, 0], tXrB[None, None, 0])
-        self._transform(tCrA, 0, cutlass.Int32(0), chunks, sCoef, group_size, last_group)
+        if cutlass.const_expr(not smem_prologue):
+            self._transform(tCrA, 0, cutlass.Int32(0), chunks, sCoef, group_size, last_group)
 
         for k_tile in range(k_tiles):
             for kb in cutlass.range_constexpr(num_kb):
@@ -166,6 +174,10 @@ class RationalGemmFwdSm80:
                     sA_p = tXsA[None, None, None, pipe_read]
                     sB_p = tXsB[None, None, None, pipe_read]
                     cute.arch.cp_async_wait_group(stages - 2)
+                    if cutlass.const_expr(smem_prologue):
+                        # this thread's own cp.async writes to the stage of k-tile k_tile + 1 are
+                        # complete and visible to it: transform them; the barrier publishes them
+                        self._transform_smem(tAsA, tAcA, pipe_read, k_tile + 1, sCoef, group_size, last_group)
                     cute.arch.sync_threads()
                 kb_next = (kb + 1) % num_kb
                 cute.copy(s2r_A, sA_p[None, None, kb_next], tXrA[None, None, kb_next])
@@ -181,9 +193,10 @@ class RationalGemmFwdSm80:
                     if pipe_read == stages:
                         pipe_read = cutlass.Int32(0)
                 cute.gemm(tiled_mma, acc, tCrA[None, None, kb], tCrB[None, None, kb], acc)
-                # F on the next k-block's A values, after this block's MMAs were issued.
-                col_next = k_tile * self.bK + (kb + 1) * 16
-                self._transform(tCrA, kb_next, col_next, chunks, sCoef, group_size, last_group)
+                if cutlass.const_expr(not smem_prologue):
+                    # F on the next k-block's A values, after this block's MMAs were issued.
+                    col_next = k_tile * self.bK + (kb + 1) * 16
+                    self._transform(tCrA, kb_next, col_next, chunks, sCoef, group_size, last_group)
 
         cute.arch.cp_async_wait_group(0)
         cute.arch.sync_threads()
@@ -199,6 +212,23 @@ class RationalGemmFwdSm80:
             for r in range(pred.shape[1]):
                 pred[rv, r, 0] = cute.elem_less(tXc[(0, rv), r, 0, 0][0], rows)
         return pred
+
+    def _transform_smem(self, tAsA, tAcA, stage, k_idx, sCoef, group_size, last_group):
+        """F in place on this thread's cp.async vectors of A in smem ``stage`` (holding k-tile
+        ``k_idx``).  A vector is 8 aligned columns, so one group; rows past M hold zeros (or F of
+        them from an earlier pass) and only reach output rows that are never stored."""
+        cfg = self.cfg
+        src = tAsA[None, None, None, stage]
+        frag = cute.make_fragment_like(src)
+        cute.autovec_copy(src, frag)
+        for r in range(cute.size(frag, mode=[1])):
+            for kk in range(cute.size(frag, mode=[2])):
+                col = tAcA[0, r, kk, k_idx][1]
+                a, b = coef_set(sCoef, cutlass.min(col // group_size, last_group), cfg.m, cfg.n)
+                for v in range(cute.size(frag, mode=[0])):
+                    x = frag[v, r, kk].to(cutlass.Float32)
+                    frag[v, r, kk] = rm.forward(a, b, x, cfg.form, DslMath).to(self.dtype)
+        cute.autovec_copy(frag, src)
 
     def _transform(self, tCrA, kb: int, col0, chunks, sCoef, group_size, last_group):
         """F on k-block ``kb`` of the A fragment; ``col0`` = global column of its first element."""

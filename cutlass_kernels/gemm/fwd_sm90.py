@@ -38,6 +38,8 @@ class RationalGemmFwdSm90:
         self.bM, self.bN, self.bK = cfg.tile
         if self.bM not in (64, 128) or self.bN not in (64, 128, 256) or self.bK != 64:
             raise ValueError(f"sm_90a tile must be (64|128, 64|128|256, 64), got {cfg.tile}")
+        if cfg.prologue != "regs":
+            raise ValueError("the sm_90a kernel applies F on the A register fragment (prologue='regs')")
         if self.bM * self.bN > self.bM * self.bK * cfg.stages:
             raise ValueError("the epilogue tile aliases the A stages: need bN <= bK * stages")
         self.num_wg = self.bM // 64

@@ -40,6 +40,11 @@ def fwd_variants() -> list[Variant]:
             out.append(make_variant(f"rational_gemm_fwd_sm90_{dtype}_{form}", TARGET, {**base, **SM90_FIELDS},
                                     arches=("sm_90a",), sources=SOURCES,
                                     expect_sass={"HGMMA": 4, "MUFU.RCP": 32, "LDSM": 4, "UTMALDG": 2}))
+    # F applied in shared memory, once per CTA (2 places x 16 values per thread)
+    out.append(make_variant("rational_gemm_fwd_sm80_bf16_A_smem", TARGET,
+                            {"dtype": "bf16", "form": "A", "group_align": 8, **SM80_FIELDS, "prologue": "smem"},
+                            arches=("sm_80",), sources=SOURCES,
+                            expect_sass={"HMMA": 32, "MUFU.RCP": 32, "LDSM": 8, "LDGSTS": 4}))
     out.append(make_variant("rational_gemm_fwd_sm90_bf16_A_n256_ga16", TARGET,
                             {"dtype": "bf16", "form": "A", "group_align": 16, **SM90_FIELDS, "tile": (128, 256, 64)},
                             arches=("sm_90a",), sources=SOURCES,
