@@ -74,7 +74,11 @@ def test_fused_forward_matches_float64_reference(shape, dtype, form):
     _check(y, x, num, den, w, b, form)
 
 
-@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c['kernel']}_{'x'.join(map(str, c['tile']))}_ga{c['group_align']}_{c.get('prologue', 'regs')}")
+def _config_id(c):
+    return f"{c['kernel']}_{'x'.join(map(str, c['tile']))}_ga{c['group_align']}_{c.get('prologue', 'regs')}"
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=_config_id)
 @pytest.mark.parametrize("form", ["A", "B"])
 def test_every_config_is_correct_and_writes_exactly_the_output(cfg, form):
     """Poisoned output: every element of [M, N] written, nothing past it (NaN guard rows)."""
