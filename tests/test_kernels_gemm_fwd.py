@@ -129,3 +129,21 @@ def test_fused_forward_switch(monkeypatch):
     assert not fwd_launch.enabled()
     monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "1")
     assert fwd_launch.enabled()
+
+
+def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
+    """The launcher's path: the pointer-ABI entry compiled with placeholders is exported as a shared
+    object (``cutlass_kernels.runtime``'s AOT cache) and loads back as a callable, offline."""
+    import shutil
+
+    pytest.importorskip("cutlass")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the AOT link")
+    from cutlass_kernels import runtime
+    from cutlass_kernels.gemm.variants import TARGET
+
+    fields = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": 8,
+              "dtype": "bf16", "form": "A", "m": 5, "n": 4}
+    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), "fk_fwd_test", tmp_path)
+    assert (tmp_path / "kernel.so").stat().st_size > 0
+    assert callable(runtime._load(tmp_path, "fk_fwd_test"))

@@ -186,7 +186,7 @@ def epilogue_bias_store(acc: cute.Tensor, mBias: cute.Tensor, mC: cute.Tensor, g
     makes sure nothing else still reads the smem behind ``sC``."""
     tCcC = thr_mma.partition_C(cC)
     last_col = mC.shape[1] - 1
-    for i in cutlass.range_constexpr(cute.size(acc)):
+    for i in cutlass.range(cute.size(acc), unroll_full=True):
         col = cutlass.min(tCcC[i][1], last_col)  # clamped, branch-free: columns >= N are not stored
         acc[i] = acc[i] + mBias[col]
     out = cute.make_fragment_like(acc, dtype)
