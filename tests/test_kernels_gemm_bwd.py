@@ -82,7 +82,7 @@ def test_registered_variants_names_and_expectations():
 
     vs = variants()
     names = {v.name for v in vs}
-    assert len(names) == len(vs) == 12
+    assert len(names) == len(vs) == 16
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
         mma = "HGMMA" if "_sm90_" in v.name else "HMMA"

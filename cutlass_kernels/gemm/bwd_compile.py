@@ -70,10 +70,10 @@ def compile_variant(arch: str, options: str, mode: str, ab_dtype: str, c_dtype: 
     """Registry / runtime entry point (``cutlass_kernels.build`` and ``cutlass_kernels.runtime``
     call it with ``options`` carrying the arch and, for the build, the dump dir)."""
     if kernel == "sm90":
-        from .bwd_sm90 import RationalDgradSm90
+        from .bwd_sm90 import RationalBwdSm90
 
         cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64),
                         stages=4, kernel="sm90")
-        return cute.compile(RationalDgradSm90(cfg), *fake_arguments(cfg), options=options)
+        return cute.compile(RationalBwdSm90(cfg), *fake_arguments(cfg), options=options)
     cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
     return cute.compile(RationalBwdSm80(cfg), *fake_arguments(cfg), options=options)

@@ -99,8 +99,8 @@ def wgrad_arguments(go, x2, dw, ws, num32, den32) -> tuple:
     return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt, *_coef_arguments(ws, num32, den32))
 
 
-def _use_sm90_dgrad(device: torch.device) -> bool:
-    """TMA + WGMMA dgrad on sm_90 (unless ``FUSEDKAT_BWD_SM90=0``); mma.sync elsewhere."""
+def _use_sm90(device: torch.device) -> bool:
+    """TMA + WGMMA kernels on sm_90 (unless ``FUSEDKAT_BWD_SM90=0``); mma.sync elsewhere."""
     return torch.cuda.get_device_capability(device)[0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
 
 
@@ -161,7 +161,7 @@ def rational_linear_backward(
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
     # 1. dgrad + coefficient partials
-    if _use_sm90_dgrad(x.device):
+    if _use_sm90(x.device):
         dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared, tile=(128, 128, 64), stages=4, kernel="sm90")
     else:
         dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared)
@@ -177,7 +177,10 @@ def rational_linear_backward(
     d_num, d_den = fold_partials(ws, g, shared, m)
 
     # 3. wgrad: dW = dY^T F(x), F applied in the kernel's prologue
-    wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
+    if _use_sm90(x.device):
+        wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared, tile=(128, 128, 64), stages=4, kernel="sm90")
+    else:
+        wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
     _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32),
                             cutlass.Int32(k // g), _stream(x.device))

@@ -68,8 +68,8 @@ class BwdConfig:
         bm, bn, bk = self.tile
         am, an, ak = self.atoms
         if self.kernel == "sm90":
-            if self.mode != "dgrad" or self.tile != (128, 128, 64) or self.stages < 2:
-                raise ValueError("the sm90 backward kernel is the dgrad with tile (128, 128, 64)")
+            if self.tile != (128, 128, 64) or self.stages < 2:
+                raise ValueError("the sm90 backward kernels use the tile (128, 128, 64)")
             return
         if self.kernel != "sm80":
             raise ValueError(f"kernel must be 'sm80' or 'sm90', got {self.kernel!r}")

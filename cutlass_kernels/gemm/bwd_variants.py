@@ -2,8 +2,9 @@
 wgrad with the rational prologue).  Imported by ``cutlass_kernels.gemm.variants``; cheap (no DSL).
 
 Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}`` (``sm80``: the mma.sync kernel family).
-They are built for sm_80 and for sm_90a, which is what the launcher compiles on an H100/H200 (an
-sm_80 cubin does not load on sm_90; there is no WGMMA backward yet, so HMMA is expected there too).
+They are built for sm_80 and for sm_90a (an sm_80 cubin does not load on sm_90; the launcher uses
+them on Hopper with ``FUSEDKAT_BWD_SM90=0``).  ``rational_gemm_{dgrad|wgrad}_sm90_*``: the TMA +
+WGMMA kernels of :mod:`.bwd_sm90`, the default on sm_90.
 """
 from __future__ import annotations
 
@@ -39,11 +40,19 @@ def variants() -> list[Variant]:
                     variant_name(mode, ab, c, form), _TARGET,
                     {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form},
                     arches=("sm_80", "sm_90a"), expect_sass=expect, sources=SOURCES))
-    # Hopper dgrad: TMA + WGMMA (SS); 4 x 64x128x16 HGMMA per 64-wide k-tile.
-    for ab in ("bf16", "fp16"):
-        for form in rm.FORMS:
-            out.append(make_variant(
-                f"rational_gemm_dgrad_sm90_{ab}_{ab}_{form}", _TARGET,
-                {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, "form": form, "kernel": "sm90"},
-                arches=("sm_90a",), expect_sass={"HGMMA": 4, "MUFU.RCP": 1, "SHFL.BFLY": 1}, sources=SOURCES))
+    # Hopper: TMA + WGMMA (SS); 4 x 64x128x16 HGMMA per 64-wide k-tile.  wgrad: F on 32 elements
+    # per thread per stage (32 MUFU.RCP in the loop body).
+    for mode in ("dgrad", "wgrad"):
+        for ab in ("bf16", "fp16"):
+            for form in rm.FORMS:
+                c = ab if mode == "dgrad" else WGRAD_OUT
+                expect = {"HGMMA": 4, "MUFU.RCP": 1}
+                if mode == "dgrad":
+                    expect["SHFL.BFLY"] = 1
+                else:
+                    expect["MUFU.RCP"] = 32
+                out.append(make_variant(
+                    f"rational_gemm_{mode}_sm90_{ab}_{c}_{form}", _TARGET,
+                    {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form, "kernel": "sm90"},
+                    arches=("sm_90a",), expect_sass=expect, sources=SOURCES))
     return out
