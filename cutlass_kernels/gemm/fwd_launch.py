@@ -83,6 +83,9 @@ def candidates(arch: str, k: int, group_size: int) -> list[dict]:
     out.append({**sm80, "tile": (128, 128, 32)})
     # F once per CTA in smem instead of once per warp column in registers: for autotune to decide
     out.append({**sm80, "tile": (128, 128, 32), "prologue": "smem"})
+    # cost model (A100: 64 FP32 vs 1024 tensor FMA / clk / SM, ~12.5 instructions per F): F costs
+    # ~1.6x the MMA time at bN=128 once per CTA, ~0.8x at bN=256 -- the candidate to beat there
+    out.append({**sm80, "tile": (128, 256, 32), "atoms": (2, 4, 1), "prologue": "smem"})
     out.append({**sm80, "tile": (128, 64, 32)})  # last: the smallest tile (heuristic's fallback)
     return out
 

@@ -8,6 +8,7 @@ accumulator 64 registers, A/B fragments of one 32-wide k-tile 16 + 32, one coeff
 (m+1+n = 10 fp32), Horner temporaries and addressing: 160-167 registers, 0 spills (one CTA of 8
 warps per SM).  The 2x2-warp layout with 64x64 warp tiles (the CUTLASS example's) reached the
 255-register cap with the prologue (the plain GEMM alone used 230) and spilled for form B / fp16.
+The smem-prologue 128x256 tile (2x4 warps, 64x64 warp tiles) keeps no A values live for F: 248.
 sm_90a: 64xbN fp32 accumulator per warpgroup (64 registers at bN=128, 128 at 256), the A fragment
 of one 64-wide k-tile 16, coefficients 10 -> 122 / 245 registers, 0 spills.
 """
@@ -45,6 +46,11 @@ def fwd_variants() -> list[Variant]:
                             {"dtype": "bf16", "form": "A", "group_align": 8, **SM80_FIELDS, "prologue": "smem"},
                             arches=("sm_80",), sources=SOURCES,
                             expect_sass={"HMMA": 32, "MUFU.RCP": 32, "LDSM": 8, "LDGSTS": 4}))
+    out.append(make_variant("rational_gemm_fwd_sm80_bf16_A_smem_n256", TARGET,
+                            {"dtype": "bf16", "form": "A", "group_align": 8, **SM80_FIELDS, "prologue": "smem",
+                             "tile": (128, 256, 32), "atoms": (2, 4, 1)},
+                            arches=("sm_80",), sources=SOURCES,
+                            expect_sass={"HMMA": 64, "MUFU.RCP": 32, "LDSM": 8, "LDGSTS": 4}))
     out.append(make_variant("rational_gemm_fwd_sm90_bf16_A_n256_ga16", TARGET,
                             {"dtype": "bf16", "form": "A", "group_align": 16, **SM90_FIELDS, "tile": (128, 256, 64)},
                             arches=("sm_90a",), sources=SOURCES,
