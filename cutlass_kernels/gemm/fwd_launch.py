@@ -268,6 +268,9 @@ def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominato
     def run_with(cfg: dict) -> None:
         _launch(_kernel(_fields(cfg, dtype, form, m, n), arch), x2, w, y, b, num, den)
 
-    cfg = config if config is not None else choose_config(x2, w, den, form, m, n, autotune, run_with)
-    run_with(cfg)
+    # device guard: the DSL launches into the current device's context (the official kernels'
+    # missing guard is kat#28)
+    with torch.cuda.device(x.device):
+        cfg = config if config is not None else choose_config(x2, w, den, form, m, n, autotune, run_with)
+        run_with(cfg)
     return y.reshape(*x.shape[:-1], n_out)
