@@ -15,13 +15,15 @@ graph to inductor exactly as ``backend="inductor"`` would, with the user's mode 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 
-from .fuse import _fuse_graph, fuse_rational_linear, notify_observers
+from .fuse import _fuse_graph, _fuse_nested, fuse_rational_linear, notify_observers
 
+_state = threading.local()
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -43,8 +45,9 @@ def _make_pass_class():
 
         def __call__(self, graph: fx.Graph) -> None:
             owner = graph.owning_module
-            n = _fuse_graph(graph, owner)
-            if isinstance(owner, fx.GraphModule):
+            n = _fuse_nested(owner, graph) if owner is not None else _fuse_graph(graph, None)
+            # Under the fusedkat backend the graph was already passed (and reported) once.
+            if isinstance(owner, fx.GraphModule) and not getattr(_state, "in_backend", False):
                 notify_observers(owner, n)
 
         def uuid(self) -> Any:
@@ -108,4 +111,8 @@ def fusedkat_backend(
 
     wrapper = torch._TorchCompileInductorWrapper(mode, options, dynamic=None)
     user_passes = wrapper.config.get("pre_grad_custom_pass", inductor_config.pre_grad_custom_pass)
-    return wrapper(gm, example_inputs, config_patches={"pre_grad_custom_pass": with_fuse_pass(user_passes)})
+    _state.in_backend = True
+    try:
+        return wrapper(gm, example_inputs, config_patches={"pre_grad_custom_pass": with_fuse_pass(user_passes)})
+    finally:
+        _state.in_backend = False

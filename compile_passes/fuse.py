@@ -270,11 +270,24 @@ def fuse_rational_linear(gm: fx.GraphModule) -> int:
     """
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"fuse_rational_linear expects a torch.fx.GraphModule, got {type(gm).__name__}")
-    n = _fuse_graph(gm.graph, gm)
-    if n:
-        gm.graph.lint()
-        gm.recompile()
-    return n
+    return _fuse_nested(gm, gm.graph)
+
+
+def _fuse_nested(gm: torch.nn.Module, top: fx.Graph) -> int:
+    """Fuse in ``top`` and in every subgraph module under ``gm`` (the bodies of higher-order ops such
+    as activation checkpointing's ``tag_activation_checkpoint``, which Dynamo stores as submodules)."""
+    total = 0
+    for _, mod in gm.named_modules():
+        graph = top if mod is gm else getattr(mod, "graph", None)
+        if not isinstance(mod, fx.GraphModule) and mod is not gm or graph is None:
+            continue
+        n = _fuse_graph(graph, mod)
+        if n:
+            graph.lint()
+            if isinstance(mod, fx.GraphModule):
+                mod.recompile()
+        total += n
+    return total
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,27 +41,49 @@ def decompose_on(device: torch.device, op: str) -> bool:
     return dispatch.choose(device, op) == "torch"
 
 
+_fallbacks_registered = False
+
+
+def _keep_opaque() -> Any:
+    """Tell the tracer to keep the op (NotImplemented), and give inductor a fallback kernel for it.
+
+    Inductor refuses to create an implicit fallback for an op that has a decomposition, so the
+    explicit one is registered here, the first time an op is kept (inductor's lowering module is
+    imported by then; importing it from the import hook would be circular).
+    """
+    global _fallbacks_registered
+    if not _fallbacks_registered:
+        from torch._inductor.lowering import make_fallback, tag_to_layout_constraint
+        from torch._library.utils import get_layout_constraint_tag
+
+        for op in decompositions():
+            make_fallback(op, layout_constraint=tag_to_layout_constraint(get_layout_constraint_tag(op)),
+                          warn=False, override_decomp=True)
+        _fallbacks_registered = True
+    return NotImplemented
+
+
 def _group_rational(x, numerator, denominator, form="A"):
     if not decompose_on(x.device, "group_rational_forward"):
-        return NotImplemented
+        return _keep_opaque()
     return torch_impl.group_rational_forward(x, numerator, denominator, form)
 
 
 def _group_rational_backward(grad, x, numerator, denominator, form):
     if not decompose_on(x.device, "group_rational_backward"):
-        return NotImplemented
+        return _keep_opaque()
     return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
 
 
 def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
     if not decompose_on(x.device, "rational_linear_forward"):
-        return NotImplemented
+        return _keep_opaque()
     return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form)
 
 
 def _rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form):
     if not decompose_on(x.device, "rational_linear_backward"):
-        return NotImplemented
+        return _keep_opaque()
     return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
 
 
