@@ -1,0 +1,117 @@
+"""The compile-only build check, run as CI runs it: every registered kernel variant compiled for
+sm_80 and sm_90a with fake tensors (no GPU), cubins inspected; plus checks that the check itself
+fails when it should (missing instruction, compile error) and that the runtime's AOT disk cache
+is really used by a later process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cutlass_kernels import registry
+from cutlass_kernels.build import build_one
+
+ARCHES = ("sm_80", "sm_90a")
+
+
+@pytest.fixture(scope="module")
+def build_rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    json_path = out / "rows.json"
+    # a fresh cache dir: every kernel is really compiled in this run
+    proc = subprocess.run(
+        [sys.executable, "-m", "cutlass_kernels.build", "--arch", ",".join(ARCHES), "--check",
+         "--json", str(json_path), "--jobs", "2", "--cache-dir", str(out / "cache")],
+        capture_output=True, text=True, timeout=900,
+    )
+    return proc, json.loads(json_path.read_text()) if json_path.exists() else None
+
+
+def test_build_check_passes(build_rows):
+    proc, rows = build_rows
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert rows is not None
+    assert "kernel" in proc.stdout.splitlines()[0]  # the table is printed
+
+
+def test_every_variant_for_both_arches_without_spills(build_rows):
+    _, rows = build_rows
+    variants, _ = registry.all_variants()
+    expected = {(v.name, a) for v in variants for a in ARCHES if a in v.arches}
+    got = {(r["kernel"], r["arch"]) for r in rows}
+    assert got == expected
+    for v in variants:  # the elementwise kernels are built for both arches
+        if v.name.startswith("group_rational_"):
+            assert set(ARCHES) <= set(v.arches)
+    for r in rows:
+        assert r["ok"], r
+        assert r["errors"] == []
+        assert r["spills"] == 0, r
+        assert 0 < r["registers"] <= 255
+        assert r["seconds"] > 0 and r["cached"] is False
+        assert set(r) >= {"kernel", "arch", "registers", "spills", "sass", "seconds"}
+        assert "rational" in r["kernel"]
+        # the expected instructions really are in the cubin (prefix match on full opcodes)
+        assert registry.sass_expectation_failures(r["expect"].items(), r["sass_full"]) == []
+
+
+def test_rational_kernels_use_fast_reciprocal_and_vector_memory_ops(build_rows):
+    _, rows = build_rows
+    for r in rows:
+        if not r["kernel"].startswith("group_rational_"):
+            continue
+        full = r["sass_full"]
+        assert full.get("MUFU.RCP", 0) >= 1, r["kernel"]  # rcp_approx, not a division subroutine
+        assert "LDL" not in r["sass"] and "STL" not in r["sass"]  # no local memory traffic
+        if r["kernel"].endswith(("bf16_A_v8", "fp16_B_v8", "fp32_A_v4", "fp32_B_v4")):
+            assert full.get("LDG.E.128", 0) >= 1 and full.get("STG.E.128", 0) >= 1, (r["kernel"], full)
+
+
+def test_build_check_reports_missing_instructions_and_compile_errors(tmp_path):
+    v = registry.make_variant(
+        "group_rational_fwd_selftest_v1", "cutlass_kernels.rational_elementwise:compile_forward",
+        {"dtype": "fp32", "form": "A", "vec": 1}, expect_sass={"HGMMA": 1})
+    row = build_one(v, "sm_80", str(tmp_path))
+    assert not row["ok"] and row["errors"] == ["expected >= 1 HGMMA, found 0"]
+    assert row["spills"] == 0 and row["sass"]["MUFU"] >= 1
+    broken = registry.make_variant("rational_broken", "cutlass_kernels.rational_elementwise:compile_forward",
+                                   {"dtype": "fp64"})
+    row = build_one(broken, "sm_80", str(tmp_path))
+    assert not row["ok"] and "fp64" in row["errors"][0]
+
+
+def test_build_cli_rejects_bad_arch():
+    proc = subprocess.run([sys.executable, "-m", "cutlass_kernels.build", "--arch", "hopper", "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a GPU arch" in proc.stderr
+
+
+_AOT_SCRIPT = """
+import sys
+from cutlass_kernels import runtime
+if sys.argv[1] == "second":
+    def no_compile(*a, **k):
+        raise AssertionError("recompiled although the disk cache has the kernel")
+    runtime._compile = no_compile
+fn = runtime.get_kernel("cutlass_kernels.rational_elementwise:compile_forward",
+                        {"dtype": "fp32", "form": "B", "m": 5, "n": 4, "vec": 1}, "sm_80",
+                        ("fusedkat.ops.rational_math",))
+print("loaded", type(fn).__name__)
+"""
+
+
+@pytest.mark.skipif(not any(os.access(os.path.join(p, "g++"), os.X_OK) for p in os.environ.get("PATH", "").split(":")),
+                    reason="AOT export links with g++")
+def test_runtime_aot_cache_is_reused_by_a_later_process(tmp_path):
+    env = {**os.environ, "FUSEDKAT_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "first"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    entries = [p for p in tmp_path.iterdir() if (p / "kernel.so").exists()]
+    assert len(entries) == 1 and json.loads((entries[0] / "meta.json").read_text())["arch"] == "sm_80"
+    second = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "second"], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "loaded" in second.stdout
