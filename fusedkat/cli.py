@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="small", help="small (CPU, minutes) or paper (the paper's sizes, GPU)")
     s.add_argument("-k", dest="select", metavar="EXPR", help="only benchmarks matching this pytest -k expression")
     s.add_argument("--json", metavar="PATH", help="keep the pytest-benchmark JSON here")
+    s.add_argument("--out-dir", metavar="DIR", help="where the report's markdown and plots go (default: next to the JSON)")
+    s.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
     s.add_argument("--bench-dir", help="the bench/ folder of a source checkout (found automatically)")
     return p
 
@@ -116,7 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from .app.benchcmd import run_bench
 
-        return run_bench(size=args.size, json_path=args.json, select=args.select, bench_dir=args.bench_dir)
+        return run_bench(size=args.size, json_path=args.json, select=args.select, bench_dir=args.bench_dir,
+                         out_dir=args.out_dir, plots=args.plots)
     raise CLIError(f"unknown command {args.command!r}", exit_code=2)
 
 
@@ -133,6 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `fusedkat info | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@ The suite lives in the source checkout (``bench/``, next to the ``fusedkat`` pac
 install); it is run in a subprocess exactly as a user would run it by hand::
 
     FUSEDKAT_BENCH_SIZE=small python -m pytest bench --benchmark-json OUT.json -q
-    python -m bench.report OUT.json
+    python -m bench.report OUT.json [--out-dir DIR] [--no-plots]
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def run_bench(
     json_path: Optional[str] = None,
     select: Optional[str] = None,
     bench_dir: Optional[str] = None,
-    plots_dir: Optional[str] = None,
+    out_dir: Optional[str] = None,
+    plots: bool = True,
 ) -> int:
     if size not in SIZES:
         raise CLIError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
@@ -58,8 +59,10 @@ def run_bench(
     if rc != 0:
         raise CLIError(f"the benchmark suite failed (pytest exit status {rc}); see its output above", exit_code=rc)
     report = [sys.executable, "-m", "bench.report", str(out)]
-    if plots_dir:
-        report += ["--plots", plots_dir]
+    if out_dir:
+        report += ["--out-dir", out_dir]
+    if not plots:
+        report.append("--no-plots")
     print("running: " + " ".join(report[1:]), flush=True)
     rc = subprocess.call(report, cwd=root, env=env)
     if rc != 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import platform
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch
 
 from .data import load_digits_split
 from .errors import CLIError
+from .info import cpu_name
 from .train import RunResult, TrainConfig, train_model
 from .twins import TwinConfig, build_kat, build_vit, rational_layers
 
@@ -153,8 +154,11 @@ def run_demo(
             "model": asdict(arch),
             "train": asdict(replace(cfg)),
             "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            # Other processes competing for the CPU make every number above slower: record it.
+            "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__,
             "wall_seconds": wall,
             "peak_memory_means": "extra bytes one training step allocates above its start (activations, grads, temporaries)",

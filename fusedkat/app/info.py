@@ -31,6 +31,18 @@ def _dir_size(path: Path) -> tuple[int, int]:
     return files, size
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _kernel_cache() -> dict:
     try:
         from cutlass_kernels.cache import default_cache_dir  # plain module: does not import the DSL
@@ -63,7 +75,7 @@ def collect() -> dict:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    dev = {"type": device.type, "name": platform.processor() or platform.machine(),
+    dev = {"type": device.type, "name": cpu_name(),
            "cpu_threads": torch.get_num_threads()}
     if cuda:
         cap = torch.cuda.get_device_capability(device)
