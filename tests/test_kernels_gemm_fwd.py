@@ -147,3 +147,13 @@ def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
     runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), "fk_fwd_test", tmp_path)
     assert (tmp_path / "kernel.so").stat().st_size > 0
     assert callable(runtime._load(tmp_path, "fk_fwd_test"))
+
+
+def test_row_strided_views_are_used_without_a_copy():
+    base = torch.zeros(64, 520, dtype=torch.bfloat16)
+    assert fwd_launch._rows_ok(base[:, :384])  # row stride 520 = 8 * 65: usable in place
+    assert not fwd_launch._rows_ok(base[:, 1:385])  # base not 16-byte aligned
+    assert not fwd_launch._rows_ok(torch.zeros(64, 390, dtype=torch.bfloat16)[:, :384])  # stride 390
+    assert not fwd_launch._rows_ok(torch.zeros(384, 64, dtype=torch.bfloat16).t())  # K not contiguous
+    copied = fwd_launch._aligned(base[:, 1:385])
+    assert copied.is_contiguous() and torch.equal(copied, base[:, 1:385])

@@ -63,11 +63,13 @@ class PointerEntry:
     @cute.jit
     def __call__(self, pA: cute.Pointer, pB: cute.Pointer, pC: cute.Pointer, pBias: cute.Pointer,
                  pNum: cute.Pointer, pDen: cute.Pointer, M: cutlass.Int32, N8: cutlass.Int32, K8: cutlass.Int32,
-                 groups: cutlass.Int32, num_rows: cutlass.Int32, group_size: cutlass.Int32, stream):
+                 lda8: cutlass.Int32, groups: cutlass.Int32, num_rows: cutlass.Int32, group_size: cutlass.Int32,
+                 stream):
         m1, n = self.cfg.m + 1, self.cfg.n
         N = cute.assume(N8 * 8, divby=8)
         K = cute.assume(K8 * 8, divby=8)
-        mA = cute.make_tensor(pA, cute.make_layout((M, K), stride=(K, 1)))
+        lda = cute.assume(lda8 * 8, divby=8)  # x's row stride: row-strided views need no copy
+        mA = cute.make_tensor(pA, cute.make_layout((M, K), stride=(lda, 1)))
         mB = cute.make_tensor(pB, cute.make_layout((N, K), stride=(K, 1)))
         mC = cute.make_tensor(pC, cute.make_layout((M, N), stride=(N, 1)))
         mBias = cute.make_tensor(pBias, cute.make_layout(N))
@@ -77,14 +79,14 @@ class PointerEntry:
 
 
 def fake_pointer_arguments(cfg: FwdConfig) -> tuple:
-    """Placeholder ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, groups, num_rows, group_size, stream)``."""
+    """Placeholder ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, lda/8, groups, num_rows, group_size, stream)``."""
     from cutlass.cute.runtime import make_ptr
 
     dt = dsl_dtype(cfg.dtype)
     gmem = cute.AddressSpace.gmem
     ptrs = [make_ptr(dt, 1 << 20, gmem, assumed_align=16) for _ in range(3)]
     ptrs += [make_ptr(cutlass.Float32, 1 << 20, gmem, assumed_align=16 if i == 0 else 4) for i in range(3)]
-    ints = [cutlass.Int32(v) for v in (128, 16, 16, 1, 1, 128)]
+    ints = [cutlass.Int32(v) for v in (128, 16, 16, 16, 1, 1, 128)]
     return (*ptrs, *ints, make_fake_stream())
 
 

@@ -4,7 +4,8 @@
 :func:`fusedkat.ops.torch_impl.rational_linear_forward`; ``cutlass_kernels.launch`` routes the
 ``fusedkat::rational_linear`` op here when :func:`unsupported_reason` is None.
 
-* x ``[..., K]`` is flattened to ``[M, K]`` (a copy only if the rows are not K-contiguous), the
+* x ``[..., K]`` is flattened to ``[M, K]`` (a copy only if the rows are not K-contiguous with a
+  16-byte aligned base and row stride -- a row-strided view like ``x[:, :K]`` is used in place), the
   weight is used as is when contiguous and of x's dtype; coefficients go to fp32, the bias to an
   fp32 vector (zeros when absent: one compiled variant serves both).
 * The config (kernel class, tile, stages, group alignment) comes from :func:`heuristic` on
@@ -163,9 +164,16 @@ def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: t
     ptrs = (make_ptr(dt, x2.data_ptr(), gmem, assumed_align=16), make_ptr(dt, w.data_ptr(), gmem, assumed_align=16),
             make_ptr(dt, y.data_ptr(), gmem, assumed_align=16), make_ptr(f32, bias.data_ptr(), gmem, assumed_align=16),
             make_ptr(f32, num.data_ptr(), gmem, assumed_align=4), make_ptr(f32, den.data_ptr(), gmem, assumed_align=4))
-    ints = tuple(cutlass.Int32(v) for v in (m_rows, n_out // 8, k // 8, g, num.shape[0], k // g))
+    ints = tuple(cutlass.Int32(v) for v in (m_rows, n_out // 8, k // 8, x2.stride(0) // 8, g, num.shape[0], k // g))
     stream = cuda.CUstream(torch.cuda.current_stream(x2.device).cuda_stream)
     fn(*ptrs, *ints, stream)
+
+
+def _rows_ok(t: torch.Tensor) -> bool:
+    """Rows K-contiguous with a 16-byte aligned base and row stride (e.g. ``x[:, :K]`` of a wider
+    tensor): usable in place."""
+    return (t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1) and t.stride(0) % 8 == 0
+            and t.stride(0) >= t.shape[1] and t.data_ptr() % 16 == 0)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -245,7 +253,9 @@ def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominato
         raise ValueError(reason)
     k, n_out = x.shape[-1], weight.shape[0]
     m, n = numerator.shape[1] - 1, denominator.shape[1]
-    x2 = _aligned(x.reshape(-1, k))
+    x2 = x.reshape(-1, k)  # a view whenever the leading dims can be flattened
+    if not _rows_ok(x2):
+        x2 = _aligned(x2)
     if out is None:
         y = torch.empty((x2.shape[0], n_out), dtype=x.dtype, device=x.device)
     else:

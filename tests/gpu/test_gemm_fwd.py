@@ -103,6 +103,10 @@ def test_no_bias_batch_dims_and_strided_input():
     ys = fwd_launch.rational_linear_forward(xs, num, den, w, None, "A")
     torch.testing.assert_close(ys, fwd_launch.rational_linear_forward(xs.contiguous(), num, den, w, None, "A"),
                                rtol=0, atol=0)
+    xr = torch.randn(97, 512, device="cuda").to(torch.bfloat16)[:, :384]  # row stride 512: used in place
+    torch.testing.assert_close(fwd_launch.rational_linear_forward(xr, num, den, w, None, "A"),
+                               fwd_launch.rational_linear_forward(xr.contiguous(), num, den, w, None, "A"),
+                               rtol=0, atol=0)
 
 
 def test_weight_in_fp32_is_cast_to_the_activation_dtype():
