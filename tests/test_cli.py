@@ -193,3 +193,17 @@ def test_script_error_exit_status_in_a_subprocess(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 1
     _one_error_line(r.stderr, "fusedkat convert")
+
+
+def test_bench_runs_the_suite_and_prints_the_report(tmp_path, capfd):
+    """One small benchmark through the real pipeline: pytest bench (subprocess) -> bench.report."""
+    js = tmp_path / "b.json"
+    rc = main(["bench", "-k", "test_activation and fwd-relu", "--json", str(js), "--out-dir", str(tmp_path / "rep"),
+               "--no-plots"])
+    out = capfd.readouterr().out
+    assert rc == 0
+    data = json.loads(js.read_text())
+    assert [b["group"] for b in data["benchmarks"]] == ["activation"]
+    assert data["benchmarks"][0]["stats"]["median"] > 0
+    assert "activation" in out and "relu" in out  # the report's table
+    assert (tmp_path / "rep" / "report.md").is_file()
