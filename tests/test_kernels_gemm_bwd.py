@@ -1,7 +1,8 @@
-"""CPU tests of the fused backward GEMMs: the deterministic second pass, the config / argument
-checks, and a real CuTe DSL compile of both kernels for sm_80 (fake tensors, no GPU).
-
-The numerics of the kernels themselves need a GPU: tests/gpu/test_gemm_bwd.py.
+"""CPU tests of the fused backward GEMMs: the deterministic second pass, the warp reduction of the
+dgrad epilogue (simulated lanes), the config checks, the registry entries and the runtime argument
+layouts.  The real DSL compile of every variant (HMMA/HGMMA present, zero spills) is
+tests/test_kernels_build.py (``cutlass_kernels.build --check``); the numerics of the kernels need a
+GPU: tests/gpu/test_gemm_bwd.py.
 """
 from __future__ import annotations
 
@@ -86,21 +87,7 @@ def test_registered_variants_names_and_expectations():
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
         mma = "HGMMA" if "_sm90_" in v.name else "HMMA"
-        assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80", "sm_90a"))
-
-
-@pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
-def test_compiles_for_sm80_with_tensor_cores_and_no_spills(mode, tmp_path):
-    """A real DSL compile (no GPU): HMMA in the SASS, zero spills (ptxas), via the build's checker."""
-    pytest.importorskip("cutlass")
-    from cutlass_kernels.build import build_one
-    from cutlass_kernels.gemm.bwd_variants import variants
-
-    v = next(v for v in variants() if v.name == f"rational_gemm_{mode}_sm80_bf16_{'bf16' if mode == 'dgrad' else 'fp32'}_A")
-    row = build_one(v, "sm_80", str(tmp_path))
-    assert not row["errors"], row["errors"]
-    assert row["spills"] == 0
-    assert row["sass"].get("HMMA", 0) >= 32, row["sass"]
+        assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
 
 def _layout_text(t) -> str:
