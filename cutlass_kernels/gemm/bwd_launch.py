@@ -171,8 +171,9 @@ def rational_linear_backward(
     dx = torch.empty_like(x2)
     import cutlass
 
-    _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32),
-                            cutlass.Int32(k // g), _stream(x.device))
+    with torch.cuda.device(x.device):  # launch on x's GPU, not on whichever is current
+        _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32),
+                                cutlass.Int32(k // g), _stream(x.device))
     # 2. deterministic second pass
     d_num, d_den = fold_partials(ws, g, shared, m)
 
@@ -182,8 +183,9 @@ def rational_linear_backward(
     else:
         wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
-    _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32),
-                            cutlass.Int32(k // g), _stream(x.device))
+    with torch.cuda.device(x.device):
+        _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32),
+                                cutlass.Int32(k // g), _stream(x.device))
 
     # 4. dbias
     d_bias = go.sum(dim=0, dtype=torch.float32)
