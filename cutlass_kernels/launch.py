@@ -118,8 +118,9 @@ def group_rational_forward(
     kernel = _get(cfg, "compile_forward", x.device)
     num = numerator.detach().to(torch.float32).contiguous()
     den = denominator.detach().to(torch.float32).contiguous()
-    kernel(_vec_tensor(xc, p.vec), _vec_tensor(y, p.vec), _coef_tensor(num), _coef_tensor(den),
-           p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, _stream(x.device))
+    with torch.cuda.device(x.device):  # launch on x's GPU, not on whichever is current
+        kernel(_vec_tensor(xc, p.vec), _vec_tensor(y, p.vec), _coef_tensor(num), _coef_tensor(den),
+               p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, _stream(x.device))
     return y
 
 
@@ -147,9 +148,10 @@ def group_rational_backward(
     num = numerator.detach().to(torch.float32).contiguous()
     den = denominator.detach().to(torch.float32).contiguous()
     part = torch.empty((m1 + n, p.threads), dtype=torch.float32, device=x.device)
-    kernel(_vec_tensor(gc, p.vec), _vec_tensor(xc, p.vec), _vec_tensor(dx, p.vec), _coef_tensor(part, mode=1),
-           _coef_tensor(num), _coef_tensor(den), p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1,
-           p.threads, _stream(x.device))
+    with torch.cuda.device(x.device):
+        kernel(_vec_tensor(gc, p.vec), _vec_tensor(xc, p.vec), _vec_tensor(dx, p.vec), _coef_tensor(part, mode=1),
+               _coef_tensor(num), _coef_tensor(den), p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1,
+               p.threads, _stream(x.device))
     sums = part.view(m1 + n, *p.partial_shape).sum(dim=(1, 3))  # (m1+n, g), fixed order: deterministic
     d_num = sums[:m1].t()
     if numerator.shape[0] == 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -36,10 +36,26 @@ def test_config_key_equal_for_equal_configs_and_differs_per_field():
     assert GroupRationalBwdConfig(dtype="bf16", form="A", vec=8, unroll=4).cache_key() != base.cache_key()
 
 
+_KEY_CODE = """
+import dataclasses, typing
+from cutlass_kernels.config import KernelConfig
+@dataclasses.dataclass(frozen=True)
+class C(KernelConfig):
+    family: typing.ClassVar[str] = "probe_fwd"
+    dtype: str = "bf16"
+    tile: tuple = (128, 64)
+print(C(dtype="fp16", tile=(64, 32)).cache_key())
+"""
+
+
 def test_config_key_is_stable_across_processes():
-    code = "from cutlass_kernels.rational_elementwise import GroupRationalConfig as C; print(C(dtype='fp16', form='B', vec=4).cache_key())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == GroupRationalConfig(dtype="fp16", form="B", vec=4).cache_key()
+    # only cutlass_kernels.config is imported in the child (no torch): keys must not depend on
+    # hash randomisation, object ids or import order
+    exec_ns: dict = {}
+    exec(compile(_KEY_CODE.replace("print(", "exec_ns_key = ("), "<key>", "exec"), exec_ns)
+    outs = {subprocess.run([sys.executable, "-c", _KEY_CODE], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip() for seed in (1, 2)}
+    assert outs == {exec_ns["exec_ns_key"]}
 
 
 def test_config_is_frozen_hashable_and_rejects_bad_fields():
@@ -151,27 +167,34 @@ def test_cache_failed_build_publishes_nothing(tmp_path):
     assert (meta, hit) == ({"ok": 1}, False)
 
 
-def _concurrent_worker(root: str, counter: str, start: float) -> dict:
-    while time.time() < start:  # line the processes up so they really race
-        time.sleep(0.001)
-
-    def build(d: Path) -> dict:
-        with open(counter, "a") as fh:
-            fh.write("built\n")
-        time.sleep(0.3)  # a slow "compile": the others must wait, not build again
-        (d / "kernel.cubin").write_bytes(b"x" * 1000)
-        return {"builder": str(d)}
-
-    path, meta, hit = kcache.CompileCache(root).get_or_build("shared-key", build)
-    return {"meta": meta, "hit": hit, "size": (path / "kernel.cubin").stat().st_size}
+_WORKER_CODE = """
+import json, sys, time
+from pathlib import Path
+from cutlass_kernels.cache import CompileCache
+root, counter, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:  # line the processes up so they really race
+    time.sleep(0.001)
+def build(d):
+    with open(counter, "a") as fh:
+        fh.write("built\\n")
+    time.sleep(0.5)  # a slow "compile": the others must wait for it, not build again
+    (d / "kernel.cubin").write_bytes(b"x" * 1000)
+    return {"builder": str(d)}
+path, meta, hit = CompileCache(root).get_or_build("shared-key", build)
+print(json.dumps({"meta": meta, "hit": hit, "size": (path / "kernel.cubin").stat().st_size}))
+"""
 
 
 def test_cache_concurrent_processes_build_once(tmp_path):
     counter = tmp_path / "count.txt"
-    ctx = multiprocessing.get_context("spawn")
-    start = time.time() + 4.0
-    with ctx.Pool(4) as pool:
-        results = pool.starmap(_concurrent_worker, [(str(tmp_path / "cache"), str(counter), start)] * 4)
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(tmp_path / "cache"), str(counter), str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
     assert counter.read_text().count("built") == 1
     assert sorted(r["hit"] for r in results) == [False, True, True, True]
     assert len({json.dumps(r["meta"]) for r in results}) == 1
