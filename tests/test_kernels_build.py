@@ -115,3 +115,29 @@ def test_runtime_aot_cache_is_reused_by_a_later_process(tmp_path):
     second = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "second"], env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "loaded" in second.stdout
+
+
+def test_kernels_take_their_math_from_rational_math(tmp_path, monkeypatch):
+    """The kernel generators must call rational_math (single source of truth), not re-derive F."""
+    from cutlass_kernels import dsl, rational_elementwise as rel
+    from fusedkat.ops import rational_math as rm
+
+    calls = {"forward": 0, "grad_terms": 0}
+    real_fwd, real_grad = rm.forward, rm.grad_terms
+
+    def fwd(*a, **k):
+        calls["forward"] += 1
+        assert a[-1] is dsl.DslMath  # evaluated with the DSL MathOps (rcp = rcp_approx)
+        return real_fwd(*a, **k)
+
+    def grad(*a, **k):
+        calls["grad_terms"] += 1
+        assert a[-1] is dsl.DslMath
+        return real_grad(*a, **k)
+
+    monkeypatch.setattr(rm, "forward", fwd)
+    monkeypatch.setattr(rm, "grad_terms", grad)
+    rel.compile_forward(arch="sm_80", options=dsl.compile_options("sm_80", tmp_path / "f"), dtype="fp32", form="B", vec=1)
+    rel.compile_backward(arch="sm_80", options=dsl.compile_options("sm_80", tmp_path / "b"), dtype="fp32", form="A", vec=1)
+    # one call per element of the unrolled vectors: U=4 x V=1 (forward), U=2 x V=1 (backward)
+    assert calls == {"forward": 4, "grad_terms": 2}
