@@ -302,6 +302,8 @@ def plot_rational(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(xs)
                 ax.set_xticklabels([str(x) for x in xs])
+                if row == 0:
+                    ax.set_yscale("log")  # implementations differ by orders of magnitude
                 ax.set_xlabel(key)
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{p}: {sweep}")
