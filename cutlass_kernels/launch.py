@@ -5,8 +5,11 @@ tensors, DSL importable, supported arch).  Inputs here are already validated by 
 float64 inputs (and tensors over 2^31 elements) are outside what the kernels are built for and run
 through the torch implementation — documented, and the only fallback.
 
-``rational_linear_*`` currently compose the elementwise kernels with torch matmuls (the
-"unfused" path); the fused rational GEMMs (issues 6/7) replace them.
+Every launcher is wrapped by :func:`cutlass_kernels.selfcheck.checked`: the first call per kernel
+key is verified against the torch implementation (a kernel never run on a GPU is not trusted).
+
+``rational_linear_*`` run the fused rational GEMMs of :mod:`cutlass_kernels.gemm` where they take
+the arguments, else the elementwise kernels composed with torch (cuBLAS) matmuls (the "unfused" path).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from fusedkat.ops import torch_impl
 from .config import dtype_name_of
 from .rational_elementwise import GroupRationalBwdConfig, GroupRationalConfig, max_vec
 from .rational_variants import SOURCES, VECS
+from .selfcheck import checked
 
 _MODULE = "cutlass_kernels.rational_elementwise"
 _INT32_MAX = 2**31 - 1
@@ -100,6 +104,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@checked
 def group_rational_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
 ) -> torch.Tensor:
@@ -124,6 +129,7 @@ def group_rational_forward(
     return y
 
 
+@checked
 def group_rational_backward(
     grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,6 +173,7 @@ def _get(cfg: GroupRationalConfig, fn: str, device: torch.device):
     return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES)
 
 
+@checked
 def rational_linear_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
     bias: Optional[torch.Tensor], form: str,
@@ -180,6 +187,7 @@ def rational_linear_forward(
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
 
+@checked
 def rational_linear_backward(
     grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
     weight: torch.Tensor, has_bias: bool, form: str,

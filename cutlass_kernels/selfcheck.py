@@ -1,0 +1,123 @@
+"""First-use self-check of the CuTe kernels against the torch implementation.
+
+Why: a kernel that compiles can still compute the wrong thing on a GPU it was never run on (a
+swizzle, a pipeline barrier, a layout assumption).  Before a kernel's result is trusted, the first
+call of each *kernel key* — op, device, dtypes, form, degrees, groups and problem shape, which
+together fix the compiled variant and its tile config — is also computed by
+:mod:`fusedkat.ops.torch_impl` and compared.  On a mismatch the key is marked bad, a
+``RuntimeWarning`` names it, and that call and every later one with the key return the torch
+result: slower, never silently wrong.  Each key costs one extra torch evaluation per process.
+
+``FUSEDKAT_KERNEL_SELFCHECK=0`` turns the check off (once the GPU suite has passed on a machine).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+
+from fusedkat.ops import torch_impl
+
+_ENV = "FUSEDKAT_KERNEL_SELFCHECK"
+#: Max error allowed, relative to the largest reference magnitude: loose enough for a bf16 GEMM
+#: with K=3072 (~1e-2 at worst), tight enough that a wrong layout or stale register fails.
+REL_TOL = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3, torch.float64: 1e-9}
+
+_lock = threading.Lock()
+_verdicts: dict[tuple, str] = {}  # key -> "ok" | "bad"
+
+
+def enabled() -> bool:
+    """True unless ``FUSEDKAT_KERNEL_SELFCHECK=0``."""
+    return os.environ.get(_ENV, "1").strip() != "0"
+
+
+def verdicts() -> dict[tuple, str]:
+    """A copy of what was checked in this process: kernel key -> ``"ok"`` or ``"bad"``."""
+    with _lock:
+        return dict(_verdicts)
+
+
+def reset() -> None:
+    """Forget all verdicts (tests)."""
+    with _lock:
+        _verdicts.clear()
+
+
+def _describe(t: Any) -> Any:
+    if isinstance(t, torch.Tensor):
+        return (tuple(t.shape), str(t.dtype).replace("torch.", ""), str(t.device))
+    return t
+
+
+def kernel_key(op: str, args: tuple) -> tuple:
+    """What selects the compiled kernel and its config: the op and every argument's shape/dtype/device."""
+    return (op,) + tuple(_describe(a) for a in args)
+
+
+def compare(out: Any, ref: Any) -> Optional[str]:
+    """None if ``out`` matches ``ref`` (a tensor or a tuple of tensors), else what differs."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    if len(outs) != len(refs):
+        return f"returned {len(outs)} outputs, expected {len(refs)}"
+    for i, (o, r) in enumerate(zip(outs, refs)):
+        if r is None or o is None:
+            if (r is None) != (o is None):
+                return f"output {i}: one of kernel/reference is None"
+            continue
+        if o.shape != r.shape or o.dtype != r.dtype:
+            return f"output {i}: shape/dtype {tuple(o.shape)}/{o.dtype}, expected {tuple(r.shape)}/{r.dtype}"
+        if r.numel() == 0:
+            continue
+        fo, fr = torch.isfinite(o), torch.isfinite(r)
+        if not torch.equal(fo, fr):
+            return f"output {i}: {int((fo != fr).sum())} elements differ in finiteness (NaN/Inf)"
+        if not fr.any():
+            continue
+        od, rd = o[fr].double(), r[fr].double()
+        scale = rd.abs().max().item()
+        err = (od - rd).abs().max().item()
+        tol = REL_TOL.get(r.dtype, 5e-2) * max(scale, 1e-6)
+        if err > tol:
+            return f"output {i}: max abs error {err:.3g} > {tol:.3g} (reference max |value| {scale:.3g})"
+    return None
+
+
+def checked(fn: Callable) -> Callable:
+    """Wrap a launcher of :mod:`cutlass_kernels.launch` so its first call per kernel key is verified
+    against the same-named function of :mod:`fusedkat.ops.torch_impl` (see the module docstring)."""
+    reference = getattr(torch_impl, fn.__name__)
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if not enabled():
+            return fn(*args)
+        key = kernel_key(fn.__name__, args)
+        with _lock:
+            verdict = _verdicts.get(key)
+        if verdict == "bad":
+            return reference(*args)
+        out = fn(*args)
+        if verdict is None:
+            ref = reference(*args)
+            problem = compare(out, ref)
+            with _lock:
+                _verdicts[key] = "bad" if problem else "ok"
+            if problem:
+                warnings.warn(
+                    f"fusedkat: the CuTe kernel for {fn.__name__} disagreed with the torch implementation "
+                    f"on its first use ({problem}); using the torch implementation for {key}. "
+                    f"Please report this with the output of `fusedkat info`.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return ref
+        return out
+
+    wrapper.reference = reference  # type: ignore[attr-defined]
+    return wrapper
