@@ -39,7 +39,12 @@ class TorchMath:
 def _grouped(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """``[..., K] -> [M, g, K/g]`` in ``dtype`` (a view when possible)."""
     k = x.shape[-1]
-    return x.reshape(-1, groups, k // groups).to(dtype)
+    rows = 1
+    for d in x.shape[:-1]:  # explicit row count, not -1: see below
+        rows = rows * d
+    # A -1 here lets inductor's no-op-view check compare a dynamic sequence length with K/g and
+    # guard on it (an extra recompile when they happen to be equal) [issue 4].
+    return x.reshape(rows, groups, k // groups).to(dtype)
 
 
 def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
