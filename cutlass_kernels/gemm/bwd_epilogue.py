@@ -20,6 +20,7 @@ import cutlass.cute as cute
 from fusedkat.ops import rational_math as rm
 
 from ..dsl import DslMath
+from .common import store_tile  # noqa: F401  (re-exported: the dgrad kernels store through it)
 
 CHUNK = 8  # columns per partial: one m16n8 / WGMMA n8 accumulator block
 _PROVEN: dict = {}
@@ -203,28 +204,3 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
         for j in cutlass.range_constexpr(n):
             sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
     return sums, chunk_col
-
-
-@cute.jit
-def store_tile(acc: cute.Tensor, mC: cute.Tensor, gC: cute.Tensor, cC: cute.Tensor, sC: cute.Tensor,
-               thr_mma, copy_C, tidx, dtype: cutlass.Constexpr):
-    """``acc`` -> ``dtype`` -> smem tile ``sC`` -> predicated 128-bit row stores into ``gC`` (rows < M,
-    8-column vectors < N).  The caller makes sure nothing still reads the smem behind ``sC``."""
-    out = cute.make_fragment_like(acc, dtype)
-    out.store(acc.load().to(dtype))
-    cute.autovec_copy(out, thr_mma.partition_C(sC))
-    thr_C = copy_C.get_slice(tidx)
-    tsC, tgC, tcC = thr_C.partition_S(sC), thr_C.partition_D(gC), thr_C.partition_S(cC)
-    rC = cute.make_fragment_like(tsC)
-    cute.arch.sync_threads()
-    cute.autovec_copy(tsC, rC)
-    tpC = cute.make_rmem_tensor(
-        cute.make_layout((tgC.shape[0][1], cute.size(tgC, mode=[1]), cute.size(tgC, mode=[2])),
-                         stride=(cute.size(tgC, mode=[1]), 1, 0)), cutlass.Boolean)
-    for rv in cutlass.range_constexpr(tpC.shape[0]):
-        for r in cutlass.range_constexpr(tpC.shape[1]):
-            tpC[rv, r, 0] = cute.elem_less(tcC[(0, rv), r, 0][0], mC.shape[0])
-    for rv in cutlass.range_constexpr(tpC.shape[0]):
-        for ci in cutlass.range_constexpr(tpC.shape[2]):
-            if cute.elem_less(tcC[(0, rv), 0, ci][1], mC.shape[1]):
-                cute.copy(copy_C, rC[None, None, ci], tgC[None, None, ci], pred=tpC[None, None, ci])

@@ -181,14 +181,21 @@ def apply_rational(frag: cute.Tensor, chunks: Sequence[int], get_set: Callable[[
 @cute.jit
 def epilogue_bias_store(acc: cute.Tensor, mBias: cute.Tensor, mC: cute.Tensor, gC: cute.Tensor, cC: cute.Tensor,
                         sC: cute.Tensor, thr_mma: Any, copy_C: Any, tidx: cutlass.Int32, dtype: cutlass.Constexpr):
-    """``acc + bias[col]`` (fp32) -> ``dtype`` -> swizzled smem tile ``sC`` -> predicated 128-bit stores
-    into ``gC`` (rows < M, 8-column vectors < N).  ``cC`` is the identity tile of ``gC``; the caller
-    makes sure nothing else still reads the smem behind ``sC``."""
+    """``acc + bias[col]`` (fp32), then :func:`store_tile`.  ``cC`` is the identity tile of ``gC``."""
     tCcC = thr_mma.partition_C(cC)
     last_col = mC.shape[1] - 1
     for i in cutlass.range(cute.size(acc), unroll_full=True):
         col = cutlass.min(tCcC[i][1], last_col)  # clamped, branch-free: columns >= N are not stored
         acc[i] = acc[i] + mBias[col]
+    store_tile(acc, mC, gC, cC, sC, thr_mma, copy_C, tidx, dtype)
+
+
+@cute.jit
+def store_tile(acc: cute.Tensor, mC: cute.Tensor, gC: cute.Tensor, cC: cute.Tensor, sC: cute.Tensor,
+               thr_mma: Any, copy_C: Any, tidx: cutlass.Int32, dtype: cutlass.Constexpr):
+    """``acc`` -> ``dtype`` -> swizzled smem tile ``sC`` -> predicated 128-bit row stores into ``gC``
+    (rows < M, 8-column vectors < N).  ``cC`` is the identity tile of ``gC``; the caller makes sure
+    nothing else still reads the smem behind ``sC``.  Shared by the forward and the dgrad epilogues."""
     out = cute.make_fragment_like(acc, dtype)
     out.store(acc.load().to(dtype))
     cute.autovec_copy(out, thr_mma.partition_C(sC))
