@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from fusedkat.app.info import cpu_name
+
 from ._harness import bench_device, bench_size
 
 _ENV_PREFIXES = ("MALLOC_", "FUSEDKAT_", "OMP_", "MKL_", "KMP_", "TORCHINDUCTOR_", "CUTE_DSL_")
@@ -42,17 +44,6 @@ def _git_commit() -> Optional[str]:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def environment() -> dict[str, Any]:
     """A JSON-able description of how this process runs benchmarks."""
     device = bench_device()
@@ -62,7 +53,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libc": " ".join(platform.libc_ver()),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         # other work on the machine skews CPU timings: the load when the run's record was written
