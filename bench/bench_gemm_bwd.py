@@ -20,31 +20,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench._gemm_shapes import BATCH, GROUPS, TOKENS
+from bench._gemm_shapes import gemm_kernels_available as _available, mlp_cases as _cases
 from bench._harness import bench_size, measure
 
 pytestmark = pytest.mark.gpu
 
-KAT_DIMS = {"T": 192, "S": 384, "B": 768}
-TOKENS = 197
-BATCH = {"small": 8, "paper": 128}
-GROUPS = 8
 IMPLS = ("cublas_linear_bwd", "unfused", "fused")
-
-
-def _available() -> bool:
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (8, 9):
-        return False
-    try:
-        import cutlass  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _cases():
-    for model, d in KAT_DIMS.items():
-        yield pytest.param(model, d, 4 * d, id=f"KAT-{model}-fc1")
-        yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
 
 
 def _inputs(k: int, n_out: int):

@@ -1,0 +1,29 @@
+"""What the GPU GEMM suites (bench_gemm_fwd, bench_gemm_bwd) share: KAT MLP shapes and availability."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+#: Embedding width D of KAT-T/S/B; the MLP layers are D -> 4D (fc1) and 4D -> D (fc2).
+KAT_DIMS = {"T": 192, "S": 384, "B": 768}
+TOKENS = 197  # 196 patches + class token at 224^2, patch 16
+BATCH = {"small": 8, "paper": 128}
+GROUPS = 8
+
+
+def gemm_kernels_available() -> bool:
+    """True on CUDA sm_80/sm_90 with the CuTe DSL importable (what the fused GEMMs need)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (8, 9):
+        return False
+    try:
+        import cutlass  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def mlp_cases():
+    """pytest params ``(model, K, N)`` for the fc1 and fc2 layers of KAT-T/S/B."""
+    for model, d in KAT_DIMS.items():
+        yield pytest.param(model, d, 4 * d, id=f"KAT-{model}-fc1")
+        yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
