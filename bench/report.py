@@ -207,7 +207,6 @@ def grkan_layer_section(rows: list[dict[str, Any]]) -> str:
     body = []
     for i in impls:
         any_row = _one(rows, impl=i)
-        tokens = (any_row["shape"][0] * any_row["shape"][1]) if any_row.get("shape") else None
         flops = any_row.get("flops_formula")
         row = [i, f"{any_row.get('params', '-'):,}" if isinstance(any_row.get("params"), int) else "-",
                f"{flops / 1e6:.2f} M" if flops else "-"]
