@@ -60,7 +60,10 @@ def test_model_step(benchmark, device, model_size, arch, mode):
     images = torch.randn(cfg["batch"], 3, cfg["img_size"], cfg["img_size"], device=device)
     labels = torch.randint(0, 1000, (cfg["batch"],), device=device)
 
-    with torch.no_grad():
+    # On a GPU, train as KAT/ViT are trained: bf16 autocast (what the fused CuTe kernels take).
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    info["autocast"] = "bf16" if device.type == "cuda" else "off"
+    with torch.no_grad(), amp:
         eager_loss = F.cross_entropy(model(images), labels).item()
     before = [p.detach().clone() for p in model.parameters()]
 
@@ -68,7 +71,8 @@ def test_model_step(benchmark, device, model_size, arch, mode):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(run(images), labels)
+        with amp:
+            loss = F.cross_entropy(run(images), labels)
         loss.backward()
         opt.step()
         losses.append(loss.detach())
@@ -79,7 +83,9 @@ def test_model_step(benchmark, device, model_size, arch, mode):
 
     first = losses[0].item()
     assert all(torch.isfinite(l) for l in losses)
-    # the first step ran on the initial weights: its loss must be the eager forward's
-    assert abs(first - eager_loss) <= 1e-3 * max(1.0, abs(eager_loss)), (first, eager_loss)
+    # the first step ran on the initial weights: its loss must be the eager forward's (bf16 autocast
+    # leaves compiled and eager a few bf16 ulps apart after 12 blocks)
+    tol = 3e-2 if device.type == "cuda" else 1e-3
+    assert abs(first - eager_loss) <= tol * max(1.0, abs(eager_loss)), (first, eager_loss)
     changed = sum(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
     assert changed == len(before), f"{len(before) - changed} parameters were not updated"

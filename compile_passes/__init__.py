@@ -75,23 +75,20 @@ def install() -> None:
 def uninstall() -> None:
     """Remove the pass that :func:`install` added (other pre-grad passes stay)."""
     from torch._inductor import config
-    from torch._inductor.custom_graph_pass import get_custom_graph_passes
 
-    from .backend import fuse_pass
+    from .backend import fuse_pass, pass_config_value, pass_list
 
     p = fuse_pass()
-    rest = [q for q in get_custom_graph_passes(config.pre_grad_custom_pass) if q is not p]
-    config.pre_grad_custom_pass = rest or None
+    config.pre_grad_custom_pass = pass_config_value([q for q in pass_list(config.pre_grad_custom_pass) if q is not p])
 
 
 def is_installed() -> bool:
     """Whether :func:`install` is in effect."""
     from torch._inductor import config
-    from torch._inductor.custom_graph_pass import get_custom_graph_passes
 
-    from .backend import fuse_pass
+    from .backend import fuse_pass, pass_list
 
-    return any(q is fuse_pass() for q in get_custom_graph_passes(config.pre_grad_custom_pass))
+    return any(q is fuse_pass() for q in pass_list(config.pre_grad_custom_pass))
 
 
 @dataclass

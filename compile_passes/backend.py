@@ -7,7 +7,8 @@ graph to inductor exactly as ``backend="inductor"`` would, with the user's mode 
 1. registers the device-aware lowering (:mod:`fusedkat.ops.lowering`): on a device with the fused
    CuTe kernel ``rational_linear`` stays one opaque op, elsewhere it becomes torch ops inductor fuses;
 2. runs :func:`compile_passes.fuse.fuse_rational_linear` on the Dynamo graph;
-3. adds :data:`FUSE_PASS` to inductor's ``pre_grad_custom_pass`` list: a no-op after step 2, it is
+3. adds :data:`FUSE_PASS` to inductor's ``pre_grad_custom_pass`` (a list on newer torch, a chain on
+   older torch that takes one callable): a no-op after step 2, it is
    there for its ``uuid()``, which puts this package's source hash and the lowering decision
    (forced backend, GPU kernel availability) into inductor's and AOTAutograd's cache keys, so a
    graph cached with one lowering is never reused for another.
@@ -72,15 +73,77 @@ def fuse_pass() -> Any:
     return _PASS
 
 
-def with_fuse_pass(existing: Any) -> list[Any]:
-    """``existing`` (None, one pass or a list of them) with the fuse pass appended once."""
-    from torch._inductor.custom_graph_pass import get_custom_graph_passes
+def _config_takes_lists() -> bool:
+    """Whether this torch's ``pre_grad_custom_pass`` takes a list of passes (newer torch; it has
+    ``get_custom_graph_passes``).  Older torch (2.11 on the GPU machines) takes one callable."""
+    import torch._inductor.custom_graph_pass as cgp
 
-    passes = list(get_custom_graph_passes(existing))
+    return hasattr(cgp, "get_custom_graph_passes")
+
+
+def _make_chain_class():
+    import uuid as _uuid
+
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class PassChain(CustomGraphPass):
+        """Several pre-grad passes as the one callable older torch accepts, run in order."""
+
+        def __init__(self, passes: Sequence[Any]):
+            self.passes = tuple(passes)
+            # A plain callable has no uuid: a per-object random one keeps cache hits within this
+            # process (same callables) and misses across processes, never a stale hit.
+            self._salt = None if all(isinstance(p, CustomGraphPass) for p in self.passes) else _uuid.uuid4().hex
+
+        def __call__(self, graph: fx.Graph) -> None:
+            for p in self.passes:
+                p(graph)
+
+        def uuid(self) -> Any:
+            return (self._salt,) + tuple(p.uuid() if isinstance(p, CustomGraphPass) else None for p in self.passes)
+
+        def __repr__(self) -> str:
+            return f"compile_passes.PassChain({list(self.passes)!r})"
+
+    return PassChain
+
+
+_CHAIN: Optional[type] = None
+
+
+def pass_list(value: Any) -> tuple[Any, ...]:
+    """The passes in a ``pre_grad_custom_pass`` value: None, one pass, a list, or a chain of ours."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if _CHAIN is not None and isinstance(value, _CHAIN):
+        return value.passes
+    return (value,)
+
+
+def pass_config_value(passes: Sequence[Any]) -> Any:
+    """What to store in ``pre_grad_custom_pass`` for ``passes`` on this torch: a list where lists
+    are taken, else None / the single pass / a :class:`PassChain`."""
+    global _CHAIN
+    passes = list(passes)
+    if _config_takes_lists():
+        return passes or None
+    if len(passes) <= 1:
+        return passes[0] if passes else None
+    if _CHAIN is None:
+        _CHAIN = _make_chain_class()
+    return _CHAIN(passes)
+
+
+def with_fuse_pass(existing: Any) -> Any:
+    """``existing`` (None, one pass or several) with the fuse pass appended once, as a
+    ``pre_grad_custom_pass`` value for this torch (see :func:`pass_config_value`)."""
+    passes = list(pass_list(existing))
     p = fuse_pass()
     if not any(q is p for q in passes):
         passes.append(p)
-    return passes
+    return pass_config_value(passes)
 
 
 def fusedkat_backend(

@@ -178,8 +178,15 @@ def test_dynamic_batch_and_sequence_recompile_at_most_once():
     assert counter.frame_count == 1
 
 
-def test_install_hooks_plain_torch_compile_and_keeps_user_passes():
+@pytest.mark.parametrize("takes_lists", [True, False], ids=["list-config", "single-pass-config"])
+def test_install_hooks_plain_torch_compile_and_keeps_user_passes(takes_lists, monkeypatch):
+    """Newer torch takes a list in ``pre_grad_custom_pass``; older torch (2.11 on the GPU machines)
+    one callable, where install() chains the user's pass and ours."""
     from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from compile_passes import backend
+
+    monkeypatch.setattr(backend, "_config_takes_lists", lambda: takes_lists)
 
     calls = []
 
@@ -196,7 +203,9 @@ def test_install_hooks_plain_torch_compile_and_keeps_user_passes():
     try:
         compile_passes.install()
         compile_passes.install()  # idempotent
-        passes = torch._inductor.config.pre_grad_custom_pass
+        value = torch._inductor.config.pre_grad_custom_pass
+        assert isinstance(value, list) == takes_lists
+        passes = backend.pass_list(value)
         assert passes[0] is user and len(passes) == 2 and compile_passes.is_installed()
 
         torch.manual_seed(4)
@@ -210,7 +219,7 @@ def test_install_hooks_plain_torch_compile_and_keeps_user_passes():
 
         compile_passes.uninstall()
         assert not compile_passes.is_installed()
-        assert torch._inductor.config.pre_grad_custom_pass == [user]
+        assert torch._inductor.config.pre_grad_custom_pass == ([user] if takes_lists else user)
     finally:
         compile_passes.uninstall()
         torch._inductor.config.pre_grad_custom_pass = old

@@ -342,3 +342,17 @@ def test_dispatch_uses_probe_and_forcing(monkeypatch):
     assert dispatch.choose(cuda, "rational_linear_forward") == "torch"
     with dispatch.use_backend("cute"), pytest.raises(RuntimeError, match="older than sm_80"):
         dispatch.choose(cuda, "rational_linear_forward")
+
+
+def test_launch_views_accept_tensors_that_require_grad():
+    """Autograd hands the custom ops' CUDA launchers leaves with requires_grad=True, which DLPack
+    refuses; the CuTe views detach first (an H100 run of the GPU suite failed here before the fix).
+    CPU tensors take the same from_dlpack path."""
+    pytest.importorskip("cutlass")
+    from cutlass_kernels import launch
+    from cutlass_kernels.gemm import bwd_launch
+
+    t = torch.randn(64, 32, requires_grad=True)
+    assert "(?,32):(32,1)" in str(bwd_launch._cute(t, {0: 1}))
+    assert "(?,8):(8,1)" in str(launch._vec_tensor(t, 8))
+    assert "(?,4):(4,1)" in str(launch._coef_tensor(torch.randn(8, 4, requires_grad=True)))

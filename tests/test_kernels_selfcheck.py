@@ -95,3 +95,22 @@ def test_keys_separate_shapes_and_the_switch_disables(monkeypatch):
     selfcheck.reset()
     wrapped(x, num, den, form)
     assert selfcheck.verdicts() == {}
+
+
+def test_tolerance_follows_the_compute_dtype_not_the_output_dtype():
+    """An fp32 weight gradient from a bf16 GEMM carries bf16 rounding: 0.2% of its max is fine when
+    the inputs were bf16 (an H100 run produced exactly that) and a failure for fp32 inputs; an
+    error of a wrong group's size (tens of percent) fails either way."""
+    gen = torch.Generator().manual_seed(11)
+    ref = torch.randn(300, 384, generator=gen) * 20
+    scale = ref.abs().max()
+    bf16_noise = ref + 2e-3 * scale * torch.rand(ref.shape, generator=gen).sign()
+    x_bf16, x_fp32 = torch.randn(8, 4).to(torch.bfloat16), torch.randn(8, 4)
+    assert selfcheck.compute_dtype((x_bf16, ref, 3, "A")) == torch.bfloat16
+    assert selfcheck.compute_dtype((x_fp32, ref)) == torch.float32
+    assert selfcheck.compute_dtype(("A", 2)) is None
+    assert selfcheck.compare(bf16_noise, ref, selfcheck.compute_dtype((x_bf16, ref))) is None
+    assert "max abs error" in selfcheck.compare(bf16_noise, ref, selfcheck.compute_dtype((x_fp32, ref)))
+    wrong = ref.clone()
+    wrong[:, :48] *= 1.6
+    assert "max abs error" in selfcheck.compare(wrong, ref, torch.bfloat16)

@@ -76,6 +76,7 @@ def _cute(t: torch.Tensor, dynamic: dict[int, int]):
     dynamic modes and divisibilities as :func:`bwd_compile.fake_arguments` declares."""
     from cutlass.cute.runtime import from_dlpack
 
+    t = t.detach()  # DLPack refuses tensors that require grad (autograd hands those to the backward)
     ct = from_dlpack(t, assumed_align=16)
     for mode, div in dynamic.items():
         ct = ct.mark_compact_shape_dynamic(mode=mode, stride_order=t.dim_order(), divisibility=div)

@@ -1,0 +1,78 @@
+"""Host (CPU) cost per launch of the CuTe launchers, and where it goes (cProfile), on a CUDA GPU.
+
+    python -m bench.host_overhead [--calls 200] [--top 18]
+
+At KAT shapes a fused GEMM runs for tens of microseconds, so the Python work around each launch
+(argument wrapping, the DSL's argument marshalling, allocations) decides whether the GPU waits on
+the host.  For each launcher this prints: host microseconds per call (perf_counter over ``calls``
+back-to-back launches, no synchronisation inside), GPU microseconds per call (CUDA events around
+the same loop), and the top functions of a cProfile of the loop.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+
+
+def _cases():
+    from cutlass_kernels import launch
+
+    g, rows, k, n_out = 8, 8 * 197, 768, 3072
+    x = torch.randn(rows, k, device="cuda").to(torch.bfloat16)
+    go = torch.randn(rows, n_out, device="cuda").to(torch.bfloat16)
+    w = (torch.randn(n_out, k, device="cuda") / k**0.5).to(torch.bfloat16)
+    b = torch.randn(n_out, device="cuda").to(torch.bfloat16)
+    num = torch.randn(1, 6, device="cuda") * 0.5
+    den = torch.randn(g, 4, device="cuda") * 0.5
+    return {
+        "group_rational_forward": lambda: launch.group_rational_forward(x, num, den, "A"),
+        "group_rational_backward": lambda: launch.group_rational_backward(x, x, num, den, "A"),
+        "rational_linear_forward": lambda: launch.rational_linear_forward(x, num, den, w, b, "A"),
+        "rational_linear_backward": lambda: launch.rational_linear_backward(go, x, num, den, w, True, "A"),
+        "cublas_linear (reference)": lambda: torch.nn.functional.linear(x, w, b),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--top", type=int, default=18)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: nothing to measure")
+        return 2
+    for name, fn in _cases().items():
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        for _ in range(args.calls):
+            fn()
+        end.record()
+        host_us = (time.perf_counter() - t0) / args.calls * 1e6
+        end.synchronize()
+        gpu_us = start.elapsed_time(end) / args.calls * 1e3
+        print(f"== {name}: host {host_us:.1f} us/call, GPU stream {gpu_us:.1f} us/call", flush=True)
+        if name.startswith("cublas"):
+            continue
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.calls):
+            fn()
+        prof.disable()
+        torch.cuda.synchronize()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
+        print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:6000], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
