@@ -19,10 +19,10 @@ import time
 import torch
 
 
-def _cases():
+def _cases(rows: int = 8 * 197):
     from cutlass_kernels import launch
 
-    g, rows, k, n_out = 8, 8 * 197, 768, 3072
+    g, k, n_out = 8, 768, 3072
     x = torch.randn(rows, k, device="cuda").to(torch.bfloat16)
     go = torch.randn(rows, n_out, device="cuda").to(torch.bfloat16)
     w = (torch.randn(n_out, k, device="cuda") / k**0.5).to(torch.bfloat16)
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--top", type=int, default=18)
+    p.add_argument("--kernel-rows", type=int, default=128 * 197,
+                   help="rows of the shape whose GPU kernel time (torch.profiler) is reported")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure")
@@ -71,7 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
         print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:6000], flush=True)
+    _kernel_times(args.kernel_rows)
     return 0
+
+
+def _kernel_times(rows: int, calls: int = 20) -> None:
+    """GPU time of the kernels alone (torch.profiler / CUPTI), per call, at ``rows`` x 768 -> 3072."""
+    from torch.profiler import ProfilerActivity, profile
+
+    print(f"== kernel time per call at rows={rows}, K=768, N=3072 (torch.profiler, {calls} calls)", flush=True)
+    for name, fn in _cases(rows).items():
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        total_us = sum(e.device_time for e in events) / calls
+        kernels = {}
+        for e in events:
+            kernels[e.name[:70]] = kernels.get(e.name[:70], 0.0) + e.device_time / calls
+        top = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:5])
+        print(f"{name}: {total_us:.1f} us of GPU work per call ({top})", flush=True)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,8 @@ def fusedkat_backend(
     user_passes = wrapper.config.get("pre_grad_custom_pass", inductor_config.pre_grad_custom_pass)
     _state.in_backend = True
     try:
-        return wrapper(gm, example_inputs, config_patches={"pre_grad_custom_pass": with_fuse_pass(user_passes)})
+        # Through the wrapper's own patch dict: older torch's wrapper (2.11) has no config_patches argument.
+        wrapper.config = {**wrapper.config, "pre_grad_custom_pass": with_fuse_pass(user_passes)}
+        return wrapper(gm, example_inputs)
     finally:
         _state.in_backend = False

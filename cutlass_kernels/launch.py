@@ -83,16 +83,20 @@ def _vec_tensor(t: torch.Tensor, vec: int):
     """[total, vec] view as a CuTe tensor with a dynamic row count (matches the fake tensors)."""
     from cutlass.cute.runtime import from_dlpack
 
+    from .runtime import stride_order
+
     v = t.detach().view(-1, vec)  # DLPack refuses tensors that require grad (custom-op inputs may)
     return from_dlpack(v, assumed_align=vec * t.element_size()).mark_compact_shape_dynamic(
-        mode=0, stride_order=v.dim_order())
+        mode=0, stride_order=stride_order(v))
 
 
 def _coef_tensor(t: torch.Tensor, mode: int = 0):
     from cutlass.cute.runtime import from_dlpack
 
+    from .runtime import stride_order
+
     t = t.detach()
-    return from_dlpack(t, assumed_align=4).mark_compact_shape_dynamic(mode=mode, stride_order=t.dim_order())
+    return from_dlpack(t, assumed_align=4).mark_compact_shape_dynamic(mode=mode, stride_order=stride_order(t))
 
 
 def _arch(device: torch.device) -> str:

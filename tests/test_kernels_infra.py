@@ -356,3 +356,16 @@ def test_launch_views_accept_tensors_that_require_grad():
     assert "(?,32):(32,1)" in str(bwd_launch._cute(t, {0: 1}))
     assert "(?,8):(8,1)" in str(launch._vec_tensor(t, 8))
     assert "(?,4):(4,1)" in str(launch._coef_tensor(torch.randn(8, 4, requires_grad=True)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(7, 5), lambda: torch.randn(7, 5).t(), lambda: torch.randn(1, 6), lambda: torch.randn(6, 1),
+    lambda: torch.randn(3, 4, 5), lambda: torch.randn(1, 1), lambda: torch.randn(40).view(-1, 8),
+    lambda: torch.randn(9, 16)[:, :8], lambda: torch.randn(5, 1, 4),
+], ids=["rowmajor", "transposed", "one-row", "one-col", "3d", "1x1", "vec-view", "sliced-rows", "3d-unit-mid"])
+def test_stride_order_matches_torch_dim_order(make):
+    """The launchers' cheap replacement for ``Tensor.dim_order()`` agrees on every layout they pass."""
+    from cutlass_kernels.runtime import stride_order
+
+    t = make()
+    assert stride_order(t) == tuple(t.dim_order())

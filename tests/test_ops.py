@@ -305,6 +305,25 @@ def test_backend_forcing(monkeypatch):
         group_rational(x, num, den)
 
 
+def test_forced_backend_reaches_other_threads_and_nests():
+    """Autograd runs CUDA backward passes on its own device threads: a forced backend must be seen
+    there too (on an H100 the thread-local version let the CuTe backward run under use_backend("torch"))."""
+    import threading
+
+    from fusedkat.ops import dispatch
+
+    seen = []
+    with use_backend("torch"):
+        t = threading.Thread(target=lambda: seen.append(dispatch.requested_backend()))
+        t.start()
+        t.join()
+        with use_backend("cute"):
+            seen.append(dispatch.requested_backend())
+        seen.append(dispatch.requested_backend())
+    seen.append(dispatch.requested_backend())
+    assert seen == ["torch", "cute", "torch", "auto"]
+
+
 def test_public_api_surface():
     assert fusedkat.group_rational is group_rational
     assert hasattr(torch.ops.fusedkat, "rational_linear")

@@ -76,10 +76,13 @@ def _cute(t: torch.Tensor, dynamic: dict[int, int]):
     dynamic modes and divisibilities as :func:`bwd_compile.fake_arguments` declares."""
     from cutlass.cute.runtime import from_dlpack
 
+    from ..runtime import stride_order
+
     t = t.detach()  # DLPack refuses tensors that require grad (autograd hands those to the backward)
     ct = from_dlpack(t, assumed_align=16)
+    order = stride_order(t)
     for mode, div in dynamic.items():
-        ct = ct.mark_compact_shape_dynamic(mode=mode, stride_order=t.dim_order(), divisibility=div)
+        ct = ct.mark_compact_shape_dynamic(mode=mode, stride_order=order, divisibility=div)
     return ct
 
 
@@ -88,16 +91,18 @@ def _coef_arguments(ws, num32, den32):
     return _cute(ws, {0: 1, 1: 1}), _cute(num32, {} if shared else {0: 1}), _cute(den32, {0: 1})
 
 
-def dgrad_arguments(go, w, dx, x2, ws, num32, den32) -> tuple:
-    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the dgrad kernel: dY, W^T view, dx, x, partials."""
+def dgrad_arguments(go, w, dx, x2, ws, num32, den32, coefs: tuple = ()) -> tuple:
+    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the dgrad kernel: dY, W^T view, dx, x, partials.
+    ``coefs``: the ``(mWs, mNum, mDen)`` views if already made (they are shared with wgrad)."""
     return (_cute(go, {0: 1, 1: 8}), _cute(w.t(), {0: 8, 1: 8}), _cute(dx, {0: 1, 1: 8}),
-            _cute(x2, {0: 1, 1: 8}), *_coef_arguments(ws, num32, den32))
+            _cute(x2, {0: 1, 1: 8}), *(coefs or _coef_arguments(ws, num32, den32)))
 
 
-def wgrad_arguments(go, x2, dw, ws, num32, den32) -> tuple:
+def wgrad_arguments(go, x2, dw, ws, num32, den32, coefs: tuple = ()) -> tuple:
     """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the wgrad kernel: dY^T and x^T views, dW."""
     xt = _cute(x2.t(), {0: 8, 1: 1})
-    return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt, *_coef_arguments(ws, num32, den32))
+    return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt,
+            *(coefs or _coef_arguments(ws, num32, den32)))
 
 
 def _use_sm90(device: torch.device) -> bool:
@@ -173,7 +178,8 @@ def rational_linear_backward(
     import cutlass
 
     with torch.cuda.device(x.device):  # launch on x's GPU, not on whichever is current
-        _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32),
+        coefs = _coef_arguments(ws, num32, den32)  # host time matters: made once for both kernels
+        _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32, coefs),
                                 cutlass.Int32(k // g), _stream(x.device))
     # 2. deterministic second pass
     d_num, d_den = fold_partials(ws, g, shared, m)
@@ -185,7 +191,7 @@ def rational_linear_backward(
         wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
     with torch.cuda.device(x.device):
-        _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32),
+        _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32, coefs),
                                 cutlass.Int32(k // g), _stream(x.device))
 
     # 4. dbias

@@ -115,9 +115,13 @@ def _tune_key(arch: str, dtype: str, form: str, m: int, n: int, shape: tuple[int
     return "|".join(map(str, (arch, dtype, form, m, n, *shape)))
 
 
+_TUNED_LOADED: list[bool] = []  # non-empty once the file was read (no file read per launch)
+
+
 def _load_tuned() -> None:
-    if _TUNED:
+    if _TUNED or _TUNED_LOADED:
         return
+    _TUNED_LOADED.append(True)
     try:
         _TUNED.update(json.loads(_cache_file().read_text()))
     except (OSError, ValueError):

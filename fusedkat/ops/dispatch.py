@@ -23,7 +23,11 @@ import torch
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "cute")
 _ENV = "FUSEDKAT_BACKEND"
-_state = threading.local()
+# Process-wide, not thread-local: autograd runs a CUDA graph's backward on its own device threads,
+# and ``with use_backend("torch"): loss.backward()`` must reach them (an H100 run showed the
+# thread-local version silently using the CuTe backward there).
+_stack: list[str] = []
+_stack_lock = threading.Lock()
 
 # Filled in by the kernel layer: given a device and an op name, return None if the cute kernels
 # can run that op there, or a string saying why not.  Kept as a hook so that importing
@@ -39,9 +43,10 @@ def set_cute_probe(probe: Callable[[torch.device, str], Optional[str]]) -> None:
 
 def requested_backend() -> str:
     """The backend asked for: the innermost :func:`use_backend`, else ``$FUSEDKAT_BACKEND``, else auto."""
-    forced = getattr(_state, "stack", None)
-    if forced:
-        return forced[-1]
+    with _stack_lock:
+        forced = _stack[-1] if _stack else None
+    if forced is not None:
+        return forced
     env = os.environ.get(_ENV, "auto").strip().lower() or "auto"
     if env not in BACKENDS:
         raise ValueError(f"{_ENV}={env!r} is not one of {BACKENDS}")
@@ -50,17 +55,20 @@ def requested_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force the backend (``"auto"``, ``"torch"`` or ``"cute"``) inside a ``with`` block (thread-local)."""
+    """Force the backend (``"auto"``, ``"torch"`` or ``"cute"``) inside a ``with`` block.
+
+    Process-wide, so it also governs backward passes that autograd runs on its device threads;
+    nested blocks restore the outer choice on exit."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(name)
+    with _stack_lock:
+        _stack.append(name)
+        depth = len(_stack)
     try:
         yield
     finally:
-        stack.pop()
+        with _stack_lock:
+            del _stack[depth - 1]
 
 
 def cute_unavailable_reason(device: torch.device, op: str) -> Optional[str]:
