@@ -51,14 +51,21 @@ def reset() -> None:
 
 
 def _describe(t: Any) -> Any:
+    # Raw (hashable) shape, dtype and device: this runs on every launch, so no string formatting.
     if isinstance(t, torch.Tensor):
-        return (tuple(t.shape), str(t.dtype).replace("torch.", ""), str(t.device))
+        return (t.shape, t.dtype, t.device)
     return t
 
 
 def kernel_key(op: str, args: tuple) -> tuple:
     """What selects the compiled kernel and its config: the op and every argument's shape/dtype/device."""
     return (op,) + tuple(_describe(a) for a in args)
+
+
+def _readable(key: tuple) -> tuple:
+    """``key`` for a message: ``((300, 1536), 'bfloat16', 'cuda:0')`` per tensor."""
+    return tuple((tuple(a[0]), str(a[1]).replace("torch.", ""), str(a[2]))
+                 if isinstance(a, tuple) and len(a) == 3 and isinstance(a[1], torch.dtype) else a for a in key)
 
 
 def compute_dtype(args: tuple) -> Optional[torch.dtype]:
@@ -121,7 +128,7 @@ def checked(fn: Callable) -> Callable:
             if problem:
                 warnings.warn(
                     f"fusedkat: the CuTe kernel for {fn.__name__} disagreed with the torch implementation "
-                    f"on its first use ({problem}); using the torch implementation for {key}. "
+                    f"on its first use ({problem}); using the torch implementation for {_readable(key)}. "
                     f"Please report this with the output of `fusedkat info`.",
                     RuntimeWarning,
                     stacklevel=2,

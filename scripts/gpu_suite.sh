@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# The one GPU script: on a bare GPU machine that has Python 3.12 + torch (CUDA) but no internet,
-# install what is missing (CuTe DSL, pytest, pytest-benchmark), run the GPU tests and the kernel
+# The one GPU script: on a bare GPU machine (the device tool's H100/H200 image: Python 3.12, torch,
+# timm, pytest, pytest-benchmark, no internet) unpack the CuTe DSL, run the GPU tests and the
 # benchmarks, and write bench/results/<date>-<gpu>.json (also copied to $OUT when set).
 #
-# The DSL wheels are ~96 MB (libs-cu12 alone 92 MB) but one device command takes at most 64 MiB
-# of files, so they travel in parts over consecutive commands while the machine stays up:
+# The DSL's four wheels are ~96 MB, one device command carries at most 64 MiB, so `prepare` unpacks
+# them here, xz's the result (69 MB) and splits it into two parts that travel in consecutive
+# commands while the machine stays warm (it is given back 30 s after a call):
 #
-#   here (internet):  scripts/gpu_suite.sh prepare          # pip download cp312 wheels, tar, split
-#                     -> build/gpu_wheels/part1 .. partN (each < 55 MiB; build/ is gitignored)
+#   here (internet):  scripts/gpu_suite.sh prepare          # -> build/gpu_wheels/part1, part2 (gitignored)
 #   device command 1: scripts/gpu_suite.sh stage build/gpu_wheels/part1      carry=["build/gpu_wheels/part1"]
-#   device command 2: scripts/gpu_suite.sh stage build/gpu_wheels/part2 && scripts/gpu_suite.sh run
+#   device command 2: scripts/gpu_suite.sh stage build/gpu_wheels/part2 && scripts/gpu_suite.sh run tests host
 #                                                                            carry=["build/gpu_wheels/part2"]
-#   (prepare prints the exact commands; parts are reassembled in $FUSEDKAT_GPU_STAGE, default
-#   /tmp/fusedkat_gpu_stage, and checked against sha256 before installing.)
+#   device command 3: scripts/gpu_suite.sh run gemm model kbench             (results accumulate on the machine)
 #
 # Subcommands:
-#   prepare [MiB]   download + split (default part size 55 MiB)
+#   prepare [MiB]   download, unpack, xz, split (default part size 60 MiB)
 #   stage DIR       copy one part into the stage dir (device)
-#   install         reassemble + pip install --target into the stage dir, only what is missing
-#   run             install (if needed), GPU tests, kernel benchmarks, results JSON
+#   install         reassemble, check sha256, unpack into the stage dir (only if the DSL is missing)
+#   run [PHASES]    install if needed, then the phases (default: tests kbench gemm model):
+#                   build (build check for this GPU's arch), tests (tests/gpu, one process per file,
+#                   each under a timeout), host (bench.host_overhead), kbench (elementwise kernels),
+#                   gemm (bench/bench_gemm_*.py at batch 128), model (KAT vs ViT training steps);
+#                   then bench.gpu_results folds everything into the results JSON.
 #
-# Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir).
+# Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
+# FUSEDKAT_GPU_FILE_TIMEOUT / FUSEDKAT_GPU_TEST_TIMEOUT / FUSEDKAT_GPU_BENCH_TIMEOUT (seconds).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,8 +48,8 @@ prepare() {  # the DSL's four cp312 wheels, unpacked (= what `pip install --targ
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$WHEELS_DIR/wheels" "${PKGS[@]}"
   "$PY" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
     "$WHEELS_DIR/site" "$WHEELS_DIR"/wheels/*.whl
-  log "xz -9e of the unpacked site (a few minutes; xz beats the wheels' deflate by ~30%)"
-  tar -cf - -C "$WHEELS_DIR/site" . | xz -T0 -9e > "$WHEELS_DIR/site.tar.xz"
+  log "xz -6 of the unpacked site (~1.5 min on 2 cores; 69 MB against the wheels' 96 MB)"
+  tar -cf - -C "$WHEELS_DIR/site" . | xz -T0 -6 > "$WHEELS_DIR/site.tar.xz"
   rm -rf "$WHEELS_DIR/site" "$WHEELS_DIR/wheels"
   (cd "$WHEELS_DIR" && sha256sum site.tar.xz > site.tar.xz.sha256 && split -b "${mib}m" -d -a 2 site.tar.xz site.tar.xz.part-)
   local i=0
@@ -137,48 +141,27 @@ run_suite() {  # phases: any of build tests kbench gemm model (default: tests kb
         (cd "$REPO" && timeout -k 10 120 "$PY" -m bench.host_overhead > "$res/host_overhead.txt" 2>&1) || true
         head -c 3000 "$res/host_overhead.txt" >&2; out_copy "$res/host_overhead.txt" ;;
       model)
+        # eager first, then compiled with -x so a failure's traceback is printed before any timeout
         log "KAT vs ViT training steps (bf16 autocast, batch 64, 224^2)"; rc_model=0
-        (cd "$REPO" && FUSEDKAT_BENCH_SIZE=paper timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" "$PY" -m pytest \
-            bench/bench_model_step.py -q -rfE -p no:cacheprovider -o addopts="" ${FUSEDKAT_GPU_MODEL_FILTER:+-k "$FUSEDKAT_GPU_MODEL_FILTER"} \
-            --benchmark-json "$res/model_step.json" > "$res/model_step.txt" 2>&1) || rc_model=$?
+        : > "$res/model_step.txt"
+        for sel in eager compiled; do
+          (cd "$REPO" && FUSEDKAT_BENCH_SIZE=paper timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" "$PY" -m pytest \
+              bench/bench_model_step.py -q -rfE --tb=short -x -p no:cacheprovider -o addopts="" \
+              -k "$sel${FUSEDKAT_GPU_MODEL_FILTER:+ and $FUSEDKAT_GPU_MODEL_FILTER}" \
+              --benchmark-json "$res/model_step_$sel.json" >> "$res/model_step.txt" 2>&1) || rc_model=$?
+        done
+        "$PY" -c "import json,sys; a,b=(json.load(open(p)) if open(p).read().strip() else {'benchmarks': []} for p in sys.argv[1:3]); a['benchmarks']+=b['benchmarks']; json.dump(a,open(sys.argv[3],'w'))" \
+          "$res/model_step_eager.json" "$res/model_step_compiled.json" "$res/model_step.json" 2>/dev/null || true
         tail -5 "$res/model_step.txt" >&2; out_copy "$res/model_step.txt" ;;
       *) log "unknown phase: $phase"; exit 2 ;;
     esac
   done
-  RC_MODEL=$rc_model RC_BUILD=$rc_build RC_TESTS=$rc_tests RC_BENCH=$rc_bench RC_GEMM=$rc_gemm RES="$res" REPO="$REPO" "$PY" - <<'PYEOF'
-import datetime, json, os, re, xml.etree.ElementTree as ET
-import torch
-res, repo = os.environ["RES"], os.environ["REPO"]
-def load(name):
-    p = os.path.join(res, name)
-    return json.load(open(p)) if os.path.exists(p) else None
-import glob
-tests = None
-for xml in sorted(glob.glob(os.path.join(res, "junit_*.xml"))):
-    root = ET.parse(xml).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    tests = tests or {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "files": [], "failed_names": []}
-    for k in ("tests", "failures", "errors", "skipped"):
-        tests[k] += int(suite.get(k, 0))
-    tests["files"].append(os.path.basename(xml)[6:-4])
-    tests["failed_names"] += [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-                              if c.find("failure") is not None or c.find("error") is not None]
-gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-out = {"date": date, "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
-       "torch": torch.__version__, "exit_codes": {k: (None if os.environ[k] == "-" else int(os.environ[k])) for k in ("RC_BUILD", "RC_TESTS", "RC_BENCH", "RC_GEMM", "RC_MODEL")},
-       "build_check": load("build.json"), "gpu_tests": tests, "kernel_bench": load("kernel_bench.json"),
-       "gemm_bench": {"fwd": load("bench_gemm_fwd.json"), "bwd": load("bench_gemm_bwd.json")},
-       "model_step": load("model_step.json"),
-       "how": "scripts/gpu_suite.sh run; timings are CUDA-event medians within one process (see cutlass_kernels/benchmark.py)"}
-path = os.path.join(repo, "bench", "results", f"{date}-{gpu}.json")
-os.makedirs(os.path.dirname(path), exist_ok=True)
-json.dump(out, open(path, "w"), indent=1)
-print(path)
-if os.environ.get("OUT"):
-    import shutil
-    shutil.copy(path, os.environ["OUT"])
-PYEOF
+  local slug; slug="$("$PY" -c 'import re, torch; print(re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-"))')"
+  local commit; commit="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  local summary="$REPO/bench/results/$(date -u +%Y-%m-%d)-$slug.json"
+  (cd "$REPO" && "$PY" -m bench.gpu_results "$res" --out "$summary" \
+      --note "scripts/gpu_suite.sh run $phases; exit codes build=$rc_build tests=$rc_tests kbench=$rc_bench gemm=$rc_gemm model=$rc_model; git $commit (the device's copy of .git can lag the tree)") \
+    && out_copy "$summary"
   log "exit codes: build=$rc_build tests=$rc_tests kbench=$rc_bench gemm=$rc_gemm model=$rc_model"
   for rc in "$rc_build" "$rc_tests" "$rc_bench" "$rc_gemm" "$rc_model"; do [ "$rc" = - ] || [ "$rc" = 0 ] || return 1; done
 }

@@ -55,8 +55,10 @@ def test_wrong_kernel_is_caught_and_replaced_by_the_reference(dtype):
 
     wrapped = selfcheck.checked(group_rational_forward)
     args = _args(dtype)
-    with pytest.warns(RuntimeWarning, match="disagreed with the torch implementation"):
+    with pytest.warns(RuntimeWarning, match="disagreed with the torch implementation") as rec:
         y = wrapped(*args)
+    name = str(dtype).replace("torch.", "")
+    assert f"(({', '.join(map(str, args[0].shape))}), '{name}', 'cpu')" in str(rec[0].message)  # readable key
     assert torch.equal(y, torch_impl.group_rational_forward(*args))
     assert list(selfcheck.verdicts().values()) == ["bad"]
     with warnings.catch_warnings():
