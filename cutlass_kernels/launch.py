@@ -198,10 +198,11 @@ def rational_linear_backward(
     weight: torch.Tensor, has_bias: bool, form: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, d_numerator, d_denominator, d_weight, d_bias)``; F(x) recomputed from x (never saved)."""
-    # issue 7: the fused dgrad/wgrad GEMMs when they take these arguments (FUSEDKAT_FUSED_BWD=0: off).
+    # issue 7: the fused dgrad/wgrad GEMMs where bwd_launch.enabled() picks them for this GPU (or
+    # FUSEDKAT_FUSED_BWD forces them) and they take these arguments; else the unfused backward below.
     from .gemm import bwd_launch
 
-    if bwd_launch.enabled() and bwd_launch.unsupported_reason(grad_out, x, numerator, denominator, weight) is None:
+    if bwd_launch.enabled(x.device) and bwd_launch.unsupported_reason(grad_out, x, numerator, denominator, weight) is None:
         return bwd_launch.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
     k, n_out = x.shape[-1], weight.shape[0]
     go = grad_out.reshape(-1, n_out)

@@ -26,9 +26,28 @@ from fusedkat.ops import rational_math as rm
 _AB = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def enabled() -> bool:
-    """The fused backward is used unless ``FUSEDKAT_FUSED_BWD=0`` (read per call: cheap, testable)."""
-    return os.environ.get("FUSEDKAT_FUSED_BWD", "1") != "0"
+ENV_FUSED_BWD = "FUSEDKAT_FUSED_BWD"
+
+
+def enabled(device: Optional[torch.device] = None) -> bool:
+    """Whether ``rational_linear``'s CUDA backward uses the fused dgrad/wgrad GEMMs (read per call).
+
+    ``FUSEDKAT_FUSED_BWD=1`` / ``0`` forces them on / off.  Unset or ``auto``: off on sm_90, where the
+    H100 run of 2026-11-22 (``bench/results/``) measured the unfused backward (cuBLAS GEMMs plus the
+    elementwise CuTe kernels, F(x) recomputed) 1.04-2.25x faster than the fused one at all six KAT
+    MLP shapes at batch 128, at the cost of two transient [M, K] buffers; on elsewhere (sm_80/86/89:
+    not measured yet).
+    """
+    value = os.environ.get(ENV_FUSED_BWD, "auto").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value not in ("", "auto"):
+        raise ValueError(f"{ENV_FUSED_BWD}={value!r}: expected 1, 0 or auto")
+    if device is None or device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device)[0] != 9
 
 
 def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,
