@@ -281,3 +281,40 @@ def test_gpu_keeps_fused_op_where_the_kernel_runs():
         ref_loss, _ = _train_step(eager, x, target)
     assert "torch.ops.fusedkat.rational_linear.default" in codes[0]
     torch.testing.assert_close(loss, ref_loss, rtol=3e-2, atol=3e-2)
+
+
+def test_ops_return_dense_outputs_even_from_a_backend_that_does_not(monkeypatch):
+    """The fake impls promise dense outputs and inductor asserts the strides of an opaque op's
+    results.  The H100's fused backward returned column slices for d_denominator, which failed
+    compiled KAT training there; here a torch backward returning the same kind of slices stands in
+    for it (opaque lowering on CPU), and compiled gradients must still equal eager ones."""
+    from fusedkat.nn import GRKAN
+    from fusedkat.ops import torch_impl
+
+    real = torch_impl.rational_linear_backward
+
+    def strided_backward(*args):
+        dx, d_num, d_den, d_w, d_b = real(*args)
+        wide = torch.zeros(d_den.shape[0], d_den.shape[1] + 3, dtype=d_den.dtype)
+        wide[:, 3:] = d_den
+        return dx, d_num, wide[:, 3:], d_w, d_b  # a non-contiguous view, like per_group[:, m+1:]
+
+    monkeypatch.setattr(torch_impl, "rational_linear_backward", strided_backward)
+    monkeypatch.setattr(lowering, "decompose_on", lambda device, op: False)
+    torch.manual_seed(5)
+    layer = GRKAN(16, 24, num_groups=4)
+    twin = copy.deepcopy(layer)
+    x = torch.randn(3, 7, 16)
+
+    def step(mod, fn):
+        mod.zero_grad(set_to_none=True)
+        fn(x).square().sum().backward()
+        return {n: p.grad.clone() for n, p in mod.named_parameters()}
+
+    torch._dynamo.reset()
+    with _both_caches_off():
+        compiled = step(layer, torch.compile(layer, backend="fusedkat", fullgraph=True))
+    eager = step(twin, twin)
+    assert eager["act.weight_denominator"].is_contiguous()
+    for name, g in eager.items():
+        torch.testing.assert_close(compiled[name], g, rtol=1e-5, atol=1e-6, msg=name)

@@ -81,7 +81,9 @@ def fold_partials(ws: torch.Tensor, groups: int, shared_numerator: bool, m: int)
     d_num = per_group[:, : m + 1]
     if shared_numerator:
         d_num = d_num.sum(dim=0, keepdim=True)
-    return d_num, per_group[:, m + 1 :]
+    # Contiguous, not column slices of per_group: the custom op's fake impl promises dense outputs,
+    # and inductor asserts the strides of the op's results (compiled KAT failed on an H100 here).
+    return d_num.contiguous(), per_group[:, m + 1 :].contiguous()
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:

@@ -37,13 +37,21 @@ from . import dispatch, torch_impl
 from .validation import check_linear_args, check_rational_args
 
 
+def _dense(out):
+    """The op contract (what the fake impls below promise, and inductor asserts on compiled graphs):
+    every output is a dense row-major tensor.  Costs an ``is_contiguous`` check per output."""
+    if isinstance(out, tuple):
+        return tuple(t if t.is_contiguous() else t.contiguous() for t in out)
+    return out if out.is_contiguous() else out.contiguous()
+
+
 def _run(op: str, device: torch.device, *args):
     with profiling.op_range(op, device, args):  # NVTX range per launch (issue 8); no-op unless enabled
         if dispatch.choose(device, op) == "cute":
             from cutlass_kernels import launch  # imported lazily: the DSL is heavy and GPU-only
 
-            return getattr(launch, op)(*args)
-        return getattr(torch_impl, op)(*args)
+            return _dense(getattr(launch, op)(*args))
+        return _dense(getattr(torch_impl, op)(*args))
 
 
 def _check_linear(x: Tensor, numerator: Tensor, denominator: Tensor, weight: Tensor,
