@@ -1,6 +1,7 @@
 """A training step of KAT vs ViT (timm), eager and compiled.
 
-pytest-benchmark group ``model_step``; ``impl``: ``{kat,vit}_{eager,compiled}``; ``extra_info``:
+pytest-benchmark group ``model_step``; ``impl``: ``{kat,vit}_{eager,compiled,compiled_cudagraphs}``
+(the last on CUDA only: ``torch.compile(mode="reduce-overhead")``); ``extra_info``:
 model (``T``/``S``/``B``), batch, image size, depth, parameter count.  One step = forward,
 cross-entropy on random labels, backward, AdamW step.  Compiled = ``torch.compile(model,
 fullgraph=True)`` with the ``fusedkat`` backend when compile_passes provides it (the same backend
@@ -36,14 +37,16 @@ def _sizes() -> tuple[str, ...]:
     return ("T", "S", "B") if bench_size() == "paper" else ("T",)
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "compiled", "compiled_cudagraphs"])
 @pytest.mark.parametrize("arch", ["kat", "vit"])
 @pytest.mark.parametrize("model_size", _sizes())
 def test_model_step(benchmark, device, model_size, arch, mode):
     cfg = PLAIN_TEST if benchmark.disabled else (PAPER if bench_size() == "paper" else SMALL)
     if model_size == "B" and device.type != "cuda":
         pytest.skip("KAT-B / ViT-B training steps are benchmarked on a GPU only")
-    if benchmark.disabled and mode == "compiled":
+    if mode == "compiled_cudagraphs" and device.type != "cuda":
+        pytest.skip("CUDA graphs (torch.compile mode='reduce-overhead') need a CUDA device")
+    if benchmark.disabled and mode != "eager":
         # compiling KAT costs 1-2 min on 2 cores; tests/test_compile* check compiled KAT vs eager
         pytest.skip("compiled model steps are only run when benchmarking (not under --benchmark-disable)")
     name = MODELS[model_size][0 if arch == "vit" else 1]
@@ -53,9 +56,12 @@ def test_model_step(benchmark, device, model_size, arch, mode):
     info = {"model": model_size, "timm_name": name, "depth": cfg["depth"], "img_size": cfg["img_size"],
             "params": sum(p.numel() for p in model.parameters())}
     run = model
-    if mode == "compiled":
+    if mode != "eager":
         torch._dynamo.reset()
-        run, info["compile_backend"] = compile_fn(model, fullgraph=True)
+        # reduce-overhead: CUDA graphs replay the whole step's launches, which removes the Python
+        # launch cost that makes both models host-bound at these sizes (bench/results/, 2026-11-22)
+        extra = {"mode": "reduce-overhead"} if mode == "compiled_cudagraphs" else {}
+        run, info["compile_backend"] = compile_fn(model, fullgraph=True, **extra)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(cfg["batch"], 3, cfg["img_size"], cfg["img_size"], device=device)
     labels = torch.randint(0, 1000, (cfg["batch"],), device=device)
@@ -70,6 +76,8 @@ def test_model_step(benchmark, device, model_size, arch, mode):
     losses = []
 
     def step():
+        if mode == "compiled_cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier outputs may be reused
         opt.zero_grad(set_to_none=True)
         with amp:
             loss = F.cross_entropy(run(images), labels)
