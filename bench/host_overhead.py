@@ -77,6 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _labels(names: list[str]) -> dict[str, str]:
+    """Printable labels for kernel names, unique per distinct name: the first 60 characters, plus
+    ``#2``, ``#3`` ... in launch order where different kernels share them (CuTe DSL names start with
+    the module and class, so dgrad and wgrad would otherwise print alike)."""
+    labels: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for name in names:
+        if name in labels:
+            continue
+        head = name[:60]
+        seen[head] = seen.get(head, 0) + 1
+        labels[name] = head if seen[head] == 1 else f"{head} #{seen[head]}"
+    return labels
+
+
 def _kernel_times(rows: int, calls: int = 20) -> None:
     """GPU time of the kernels alone (torch.profiler / CUPTI), per call, at ``rows`` x 768 -> 3072."""
     from torch.profiler import ProfilerActivity, profile
@@ -92,9 +107,10 @@ def _kernel_times(rows: int, calls: int = 20) -> None:
             torch.cuda.synchronize()
         events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         total_us = sum(e.device_time for e in events) / calls
-        kernels = {}
+        labels = _labels([e.name for e in events])
+        kernels: dict[str, float] = {}
         for e in events:
-            kernels[e.name[:70]] = kernels.get(e.name[:70], 0.0) + e.device_time / calls
+            kernels[labels[e.name]] = kernels.get(labels[e.name], 0.0) + e.device_time / calls
         top = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:5])
         print(f"{name}: {total_us:.1f} us of GPU work per call ({top})", flush=True)
 

@@ -57,3 +57,13 @@ def test_cli_writes_the_file_and_rejects_a_missing_folder(results_dir, tmp_path,
     with pytest.raises(SystemExit) as e:
         gpu_results.main([str(tmp_path / "nope")])
     assert e.value.code == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_host_overhead_labels_keep_kernels_with_a_common_prefix_apart():
+    """dgrad and wgrad CuTe kernels share their first 60 characters; the GPU kernel-time table must
+    still list them separately (in the first H100 run they were summed under one name)."""
+    from bench.host_overhead import _labels
+
+    dgrad, wgrad = "kernel_cutlass_" + "x" * 60 + "_a", "kernel_cutlass_" + "x" * 60 + "_b"
+    labels = _labels([dgrad, "reduce", wgrad, dgrad])
+    assert labels[dgrad] != labels[wgrad] and labels[wgrad].endswith("#2") and labels["reduce"] == "reduce"
