@@ -35,6 +35,7 @@ from ..dsl import DslMath
 from .bwd_epilogue import CHUNK, chunk_groups, dgrad_epilogue, load_coefficients, store_tile
 from .bwd_sm80 import BwdConfig, dsl_dtype
 from .common import rowmajor_tiled_copy, smem_layout_rowmajor
+from .sm90_common import create_tma_pipeline, make_tma_atoms, partition_tma, produce
 
 
 class RationalBwdSm90:
@@ -62,11 +63,7 @@ class RationalBwdSm90:
         tile = (self.bM, self.bN, self.bK)
         sA_staged = sm90_utils.make_smem_layout_a(a_layout, tile, self.dtype, cfg.stages)
         sB_staged = sm90_utils.make_smem_layout_b(b_layout, tile, self.dtype, cfg.stages)
-        op = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            op, mA, cute.slice_(sA_staged, (None, None, 0)), (self.bM, self.bK))
-        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            op, mB, cute.slice_(sB_staged, (None, None, 0)), (self.bN, self.bK))
+        tma_a, tma_mA, tma_b, tma_mB = make_tma_atoms(mA, mB, sA_staged, sB_staged, tile)
         sC_layout, sC_swz = smem_layout_rowmajor(self.c_dtype, self.bM, self.bN)
         c_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.c_dtype, num_bits_per_copy=128)
         copy_C = rowmajor_tiled_copy(c_atom, self.c_dtype, self.num_threads, self.bN)
@@ -112,13 +109,7 @@ class RationalBwdSm90:
         # The output staging tile reuses the A stages (all MMAs retired by then).
         sC = cute.make_tensor(cute.recast_ptr(sA.iterator, sC_swz, dtype=self.c_dtype), sC_layout)
 
-        tx_bytes = cute.size_in_bytes(self.dtype, cute.slice_(sA_staged, (None, None, 0))) + \
-            cute.size_in_bytes(self.dtype, cute.slice_(sB_staged, (None, None, 0)))
-        pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=st.barriers.data_ptr(), num_stages=stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_threads // 32),
-            tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)))
+        pipe = create_tma_pipeline(st.barriers.data_ptr(), stages, self.num_threads, self.dtype, sA_staged, sB_staged)
         cute.arch.sync_threads()  # barrier init visible to all
 
         tiler = (self.bM, self.bN, self.bK)
@@ -128,10 +119,7 @@ class RationalBwdSm90:
         gC = cute.local_tile(mC, tiler=tiler, coord=coord, proj=(1, 1, None))
         gX = cute.local_tile(mX, tiler=tiler, coord=coord, proj=(1, 1, None))
         cC = cute.local_tile(cute.make_identity_tensor(mC.layout.shape), tiler=tiler, coord=coord, proj=(1, 1, None))
-        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_a, 0, cute.make_layout(1),
-                                                      cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
-        tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(tma_b, 0, cute.make_layout(1),
-                                                      cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
+        tAsA, tAgA, tBsB, tBgB = partition_tma(tma_a, tma_b, sA, sB, gA, gB)
 
         thr_mma = tiled_mma.get_slice(tidx)
         tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # smem descriptors, per stage
@@ -156,7 +144,7 @@ class RationalBwdSm90:
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
         if warp_idx == 0:
             for _ in cutlass.range(cutlass.min(stages, k_tiles), unroll=1):
-                self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
 
         cons = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
@@ -179,7 +167,7 @@ class RationalBwdSm90:
                 rel.advance()
                 if warp_idx == 0:
                     if prod.count < k_tiles:
-                        self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                         prod.advance()
         cute.nvgpu.warpgroup.wait_group(0)
 
@@ -212,10 +200,3 @@ class RationalBwdSm90:
                 if part[i][0] // CHUNK != part[0][0] // CHUNK:
                     raise AssertionError("wgrad transform layout: a thread's elements straddle 8-column chunks")
 
-    def _produce(self, pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
-        """Acquire stage ``prod.index`` and start the TMA loads of k-tile ``prod.count`` into it."""
-        pipe.producer_acquire(prod)
-        bar = pipe.producer_get_barrier(prod)
-        cute.copy(tma_a, tAgA[None, prod.count], tAsA[None, prod.index], tma_bar_ptr=bar)
-        cute.copy(tma_b, tBgB[None, prod.count], tBsB[None, prod.index], tma_bar_ptr=bar)
-        pipe.producer_commit(prod)

@@ -15,7 +15,8 @@ from ..registry import Variant, make_variant
 _TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
 SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
                             "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90",
-                            "cutlass_kernels.gemm.bwd_epilogue")
+                            "cutlass_kernels.gemm.bwd_epilogue", "cutlass_kernels.gemm.sm90_common",
+                            "cutlass_kernels.gemm.bwd_compile")
 #: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
 #: when the weight has another dtype.
 WGRAD_OUT = "fp32"

@@ -27,6 +27,7 @@ import cutlass.utils.hopper_helpers as sm90_utils
 
 from .common import (MAX_GROUPS, FwdConfig, a_value_chunks, apply_rational, coef_set, dsl_dtype,
                      epilogue_bias_store, fill_coef_table, rowmajor_tiled_copy, smem_layout_rowmajor)
+from .sm90_common import create_tma_pipeline, make_tma_atoms, partition_tma, produce
 
 
 class RationalGemmFwdSm90:
@@ -58,11 +59,7 @@ class RationalGemmFwdSm90:
         tile = (self.bM, self.bN, self.bK)
         sA_staged = sm90_utils.make_smem_layout_a(a_layout, tile, self.dtype, cfg.stages)
         sB_staged = sm90_utils.make_smem_layout_b(b_layout, tile, self.dtype, cfg.stages)
-        op = cute.nvgpu.cpasync.CopyBulkTensorTileG2SOp()
-        tma_a, tma_mA = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            op, mA, cute.slice_(sA_staged, (None, None, 0)), (self.bM, self.bK))
-        tma_b, tma_mB = cute.nvgpu.cpasync.make_tiled_tma_atom(
-            op, mB, cute.slice_(sB_staged, (None, None, 0)), (self.bN, self.bK))
+        tma_a, tma_mA, tma_b, tma_mB = make_tma_atoms(mA, mB, sA_staged, sB_staged, tile)
         sC_layout, sC_swz = smem_layout_rowmajor(self.dtype, self.bM, self.bN)
         c_atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128)
         copy_C = rowmajor_tiled_copy(c_atom, self.dtype, self.num_threads, self.bN)
@@ -103,13 +100,7 @@ class RationalGemmFwdSm90:
         # The epilogue tile reuses the A stages (all drained by then).
         sC = cute.make_tensor(cute.recast_ptr(sA.iterator, sC_swz, dtype=self.dtype), sC_layout)
 
-        tx_bytes = cute.size_in_bytes(self.dtype, cute.slice_(sA_staged, (None, None, 0))) + \
-            cute.size_in_bytes(self.dtype, cute.slice_(sB_staged, (None, None, 0)))
-        pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=st.barriers.data_ptr(), num_stages=stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_threads // 32),
-            tx_count=tx_bytes, cta_layout_vmnk=cute.make_layout((1, 1, 1, 1)))
+        pipe = create_tma_pipeline(st.barriers.data_ptr(), stages, self.num_threads, self.dtype, sA_staged, sB_staged)
         fill_coef_table(sCoef, mNum, mDen, tidx, self.num_threads, cfg.m, cfg.n)
         cute.arch.sync_threads()  # barrier init and the coefficient table are visible to all
 
@@ -119,10 +110,7 @@ class RationalGemmFwdSm90:
         gB = cute.local_tile(mB, tiler=tiler, coord=coord, proj=(None, 1, 1))
         gC = cute.local_tile(mC, tiler=tiler, coord=coord, proj=(1, 1, None))
         cC = cute.local_tile(cute.make_identity_tensor(mC.layout.shape), tiler=tiler, coord=coord, proj=(1, 1, None))
-        tAsA, tAgA = cute.nvgpu.cpasync.tma_partition(tma_a, 0, cute.make_layout(1),
-                                                      cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2))
-        tBsB, tBgB = cute.nvgpu.cpasync.tma_partition(tma_b, 0, cute.make_layout(1),
-                                                      cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2))
+        tAsA, tAgA, tBsB, tBgB = partition_tma(tma_a, tma_b, sA, sB, gA, gB)
 
         thr_mma = tiled_mma.get_slice(tidx)
         tCsA = thr_mma.partition_A(sA)
@@ -144,7 +132,7 @@ class RationalGemmFwdSm90:
         prod = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, stages)
         if warp_idx == 0:
             for _ in cutlass.range(cutlass.min(stages, k_tiles), unroll=1):
-                self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                 prod.advance()
 
         cons = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, stages)
@@ -169,7 +157,7 @@ class RationalGemmFwdSm90:
                 rel.advance()
                 if warp_idx == 0:
                     if prod.count < k_tiles:
-                        self._produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
+                        produce(pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB)
                         prod.advance()
         cute.nvgpu.warpgroup.wait_group(0)
 
@@ -177,13 +165,6 @@ class RationalGemmFwdSm90:
         epilogue_bias_store(acc, mBias, mC, gC, cC, sC, thr_mma, copy_C, tidx, self.dtype)
 
     # ------------------------------------------------------------------ helpers (trace time)
-    def _produce(self, pipe, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB):
-        """Acquire stage ``prod.index`` and start the TMA loads of k-tile ``prod.count`` into it."""
-        pipe.producer_acquire(prod)
-        bar = pipe.producer_get_barrier(prod)
-        cute.copy(tma_a, tAgA[None, prod.count], tAsA[None, prod.index], tma_bar_ptr=bar)
-        cute.copy(tma_b, tBgB[None, prod.count], tBsB[None, prod.index], tma_bar_ptr=bar)
-        pipe.producer_commit(prod)
 
     def _transform(self, tCrA, kb: int, col0, chunks, sCoef, group_size, last_group):
         """F on k-block ``kb`` of the A fragment; ``col0`` = global column of its first element."""

@@ -20,7 +20,8 @@ from ..registry import Variant, make_variant
 
 TARGET = "cutlass_kernels.gemm.fwd_compile:compile_variant"
 SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
-                            "cutlass_kernels.gemm.fwd_sm80", "cutlass_kernels.gemm.fwd_sm90")
+                            "cutlass_kernels.gemm.fwd_sm80", "cutlass_kernels.gemm.fwd_sm90",
+                            "cutlass_kernels.gemm.sm90_common", "cutlass_kernels.gemm.fwd_compile")
 
 #: Default tiles (also what the launcher's heuristic starts from).
 SM80_FIELDS = {"kernel": "sm80", "tile": (128, 128, 32), "atoms": (4, 2, 1), "stages": 3}
