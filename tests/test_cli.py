@@ -65,7 +65,22 @@ def test_info_reports_versions_dispatch_and_cache(tmp_path, capsys, monkeypatch)
         assert d["device"]["type"] == "cpu"
         for v in d["ops"].values():  # no GPU: every op must run on the torch backend, with a reason
             assert v["backend"] == "torch" and v["why_not_cute"]
+        assert d["rational_linear_gemms"] is None and "FUSEDKAT_FUSED_BWD" not in text
     assert torch.__version__ in text and str(cache) in text
+
+
+def test_info_reports_the_gemm_paths_where_the_kernels_run():
+    from fusedkat.app.info import format_info
+
+    d = {"fusedkat": "0", "python": "3", "torch": "2", "torch_cuda": "13.0", "cuda_available": True,
+         "timm": "1", "nvidia_cutlass_dsl": "4.8.1", "backend_requested": "auto",
+         "device": {"type": "cuda", "name": "NVIDIA H100", "capability": "sm_90", "memory_bytes": 80 * 2**30},
+         "ops": {"rational_linear_forward": {"backend": "cute", "why_not_cute": None}},
+         "rational_linear_gemms": {"forward": "fused", "backward": "unfused"},
+         "kernel_cache": {"path": "/c", "exists": False}}
+    text = format_info(d)
+    assert "rational_linear     forward fused (FUSEDKAT_FUSED_FWD), backward unfused (FUSEDKAT_FUSED_BWD)" in text
+    assert "NVIDIA H100 (sm_90, 80.0 GiB)" in text
 
 
 def _rational64(a, b, x, form):

@@ -69,6 +69,20 @@ def _ops_dispatch(device: torch.device) -> dict:
     return out
 
 
+def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
+    """On a GPU where rational_linear runs CuTe kernels: whether its forward and backward use the
+    fused GEMMs or the unfused pair (FUSEDKAT_FUSED_FWD / FUSEDKAT_FUSED_BWD, arch defaults)."""
+    if device.type != "cuda" or ops["rational_linear_forward"]["backend"] != "cute":
+        return None
+    from cutlass_kernels.gemm import bwd_launch, fwd_launch
+
+    try:
+        bwd = "fused" if bwd_launch.enabled(device) else "unfused"
+    except ValueError as e:  # a bad FUSEDKAT_FUSED_BWD: report it
+        bwd = f"error: {e}"
+    return {"forward": "fused" if fwd_launch.enabled() else "unfused", "backward": bwd}
+
+
 def collect() -> dict:
     """Everything ``fusedkat info`` prints, as a dict (also what ``--json`` writes)."""
     import fusedkat
@@ -91,7 +105,8 @@ def collect() -> dict:
         "nvidia_cutlass_dsl": _version("nvidia-cutlass-dsl"),
         "device": dev,
         "backend_requested": os.environ.get("FUSEDKAT_BACKEND", "auto"),
-        "ops": _ops_dispatch(device),
+        "ops": (ops := _ops_dispatch(device)),
+        "rational_linear_gemms": _gemm_paths(device, ops),
         "kernel_cache": _kernel_cache(),
     }
 
@@ -114,6 +129,10 @@ def format_info(d: dict) -> str:
     for op, v in d["ops"].items():
         why = f"  ({v['why_not_cute']})" if v["why_not_cute"] else ""
         lines.append(f"  {op:<26}{v['backend']}{why}")
+    if d.get("rational_linear_gemms"):
+        g = d["rational_linear_gemms"]
+        lines.append(f"rational_linear     forward {g['forward']} (FUSEDKAT_FUSED_FWD), "
+                     f"backward {g['backward']} (FUSEDKAT_FUSED_BWD)")
     kc = d["kernel_cache"]
     if kc.get("path") is None:
         lines.append(f"kernel cache        unavailable ({kc.get('error')})")
