@@ -149,6 +149,38 @@ def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
     assert callable(runtime._load(tmp_path, "fk_fwd_test"))
 
 
+def test_launch_arguments_bind_to_the_compiled_entry_as_intended(tmp_path):
+    """What the launcher passes reaches the compiled kernel in the right slots: the AOT-loaded
+    pointer-ABI entry packs the arguments (the DSL's own marshalling, no GPU needed) and every
+    packed value is the tensor address or size meant for that parameter."""
+    import ctypes
+    import shutil
+
+    pytest.importorskip("cutlass")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the AOT link")
+    import cuda.bindings.driver as cuda
+
+    from cutlass_kernels import runtime
+    from cutlass_kernels.gemm.variants import TARGET
+
+    fields = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": 8,
+              "dtype": "bf16", "form": "A", "m": 5, "n": 4}
+    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), "fk_fwd_args", tmp_path)
+    entry = runtime._load(tmp_path, "fk_fwd_args")
+    m_rows, k, n_out, g = 197, 384, 1536, 8
+    wide = torch.zeros(m_rows, 520, dtype=torch.bfloat16)
+    x2 = wide[:, :k]  # row stride 520: passed in place, lda = 520
+    w, y = torch.zeros(n_out, k, dtype=torch.bfloat16), torch.empty(m_rows, n_out, dtype=torch.bfloat16)
+    bias, num, den = torch.zeros(n_out), torch.zeros(g, 6), torch.zeros(g, 4)
+    args = fwd_launch.launch_arguments(x2, w, y, bias, num, den)
+    exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
+    values = [ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)).contents.value for p in exe]
+    assert values[:6] == [t.data_ptr() for t in (x2, w, y, bias, num, den)]
+    ints = [v & 0xFFFFFFFF for v in values[6:13]]
+    assert ints == [m_rows, n_out // 8, k // 8, 520 // 8, g, g, k // g]
+
+
 def test_row_strided_views_are_used_without_a_copy():
     base = torch.zeros(64, 520, dtype=torch.bfloat16)
     assert fwd_launch._rows_ok(base[:, :384])  # row stride 520 = 8 * 65: usable in place

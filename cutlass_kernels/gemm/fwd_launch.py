@@ -150,27 +150,47 @@ def _kernel(fields: dict, arch: str) -> Any:
     return get_kernel(TARGET, fields, arch, SOURCES)
 
 
-def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
-            num: torch.Tensor, den: torch.Tensor) -> None:
-    import cuda.bindings.driver as cuda
-    import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import make_ptr
+_ABI: dict[str, Any] = {}  # DSL objects the launch needs, looked up once (host time per launch)
 
-    from .common import dsl_dtype
 
-    dt = dsl_dtype(_DT[x2.dtype])
-    gmem = cute.AddressSpace.gmem
-    f32 = cutlass.Float32
+def _abi() -> dict[str, Any]:
+    if not _ABI:
+        import cutlass
+        import cutlass.cute as cute
+        from cutlass.cute.runtime import make_ptr
+
+        from .common import dsl_dtype
+
+        _ABI.update(make_ptr=make_ptr, Int32=cutlass.Int32, f32=cutlass.Float32, gmem=cute.AddressSpace.gmem,
+                    dtypes={t: dsl_dtype(name) for t, name in _DT.items()})
+    return _ABI
+
+
+def launch_arguments(x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
+                     num: torch.Tensor, den: torch.Tensor) -> tuple:
+    """The pointer-ABI arguments of :class:`~cutlass_kernels.gemm.fwd_compile.PointerEntry`, stream
+    excluded: ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, lda/8, groups, num_rows, group_size)``.
+
+    x2 ``[M, K]`` (row stride a multiple of 8), w ``[N, K]``, y ``[M, N]`` in the MMA dtype; bias,
+    num, den fp32.  Works on any device's tensors (only addresses and sizes are read), which is how
+    a CPU test checks this binding against the compiled signature."""
+    abi = _abi()
+    make_ptr, gmem, f32, i32 = abi["make_ptr"], abi["gmem"], abi["f32"], abi["Int32"]
+    dt = abi["dtypes"][x2.dtype]
     m_rows, k = x2.shape
     n_out = w.shape[0]
     g = den.shape[0]
-    ptrs = (make_ptr(dt, x2.data_ptr(), gmem, assumed_align=16), make_ptr(dt, w.data_ptr(), gmem, assumed_align=16),
+    return (make_ptr(dt, x2.data_ptr(), gmem, assumed_align=16), make_ptr(dt, w.data_ptr(), gmem, assumed_align=16),
             make_ptr(dt, y.data_ptr(), gmem, assumed_align=16), make_ptr(f32, bias.data_ptr(), gmem, assumed_align=16),
-            make_ptr(f32, num.data_ptr(), gmem, assumed_align=4), make_ptr(f32, den.data_ptr(), gmem, assumed_align=4))
-    ints = tuple(cutlass.Int32(v) for v in (m_rows, n_out // 8, k // 8, x2.stride(0) // 8, g, num.shape[0], k // g))
-    stream = cuda.CUstream(torch.cuda.current_stream(x2.device).cuda_stream)
-    fn(*ptrs, *ints, stream)
+            make_ptr(f32, num.data_ptr(), gmem, assumed_align=4), make_ptr(f32, den.data_ptr(), gmem, assumed_align=4),
+            i32(m_rows), i32(n_out // 8), i32(k // 8), i32(x2.stride(0) // 8), i32(g), i32(num.shape[0]), i32(k // g))
+
+
+def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
+            num: torch.Tensor, den: torch.Tensor) -> None:
+    import cuda.bindings.driver as cuda
+
+    fn(*launch_arguments(x2, w, y, bias, num, den), cuda.CUstream(torch.cuda.current_stream(x2.device).cuda_stream))
 
 
 def _rows_ok(t: torch.Tensor) -> bool:
