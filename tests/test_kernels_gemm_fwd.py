@@ -131,9 +131,9 @@ def test_fused_forward_switch(monkeypatch):
     assert fwd_launch.enabled()
 
 
-def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
-    """The launcher's path: the pointer-ABI entry compiled with placeholders is exported as a shared
-    object (``cutlass_kernels.runtime``'s AOT cache) and loads back as a callable, offline."""
+def _aot_entry(tmp_path, prefix: str):
+    """The sm_90a pointer-ABI entry, compiled with placeholders, AOT-exported and loaded back (the
+    launcher's path through ``cutlass_kernels.runtime``), offline."""
     import shutil
 
     pytest.importorskip("cutlass")
@@ -144,9 +144,13 @@ def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
 
     fields = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": 8,
               "dtype": "bf16", "form": "A", "m": 5, "n": 4}
-    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), "fk_fwd_test", tmp_path)
+    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), prefix, tmp_path)
     assert (tmp_path / "kernel.so").stat().st_size > 0
-    assert callable(runtime._load(tmp_path, "fk_fwd_test"))
+    return runtime._load(tmp_path, prefix)
+
+
+def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
+    assert callable(_aot_entry(tmp_path, "fk_fwd_test"))
 
 
 def test_launch_arguments_bind_to_the_compiled_entry_as_intended(tmp_path):
@@ -154,20 +158,10 @@ def test_launch_arguments_bind_to_the_compiled_entry_as_intended(tmp_path):
     pointer-ABI entry packs the arguments (the DSL's own marshalling, no GPU needed) and every
     packed value is the tensor address or size meant for that parameter."""
     import ctypes
-    import shutil
 
-    pytest.importorskip("cutlass")
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ for the AOT link")
+    entry = _aot_entry(tmp_path, "fk_fwd_args")
     import cuda.bindings.driver as cuda
 
-    from cutlass_kernels import runtime
-    from cutlass_kernels.gemm.variants import TARGET
-
-    fields = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": 8,
-              "dtype": "bf16", "form": "A", "m": 5, "n": 4}
-    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), "fk_fwd_args", tmp_path)
-    entry = runtime._load(tmp_path, "fk_fwd_args")
     m_rows, k, n_out, g = 197, 384, 1536, 8
     wide = torch.zeros(m_rows, 520, dtype=torch.bfloat16)
     x2 = wide[:, :k]  # row stride 520: passed in place, lda = 520
