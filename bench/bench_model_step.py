@@ -9,13 +9,15 @@ for ViT, so the ratio compares models, not compilers).
 
 Sizes:
 
-* ``paper`` (GPU): T, S and B at 224^2, depth 12, batch 64.
+* ``paper`` (GPU): T, S and B at 224^2, depth 12, batch 64 (``FUSEDKAT_BENCH_MODELS=T,S``: a subset).
 * ``small`` when benchmarking: T at 224^2, depth 12, batch 8 - the CPU comparison of
   DESIGN.md / issue 4 (compiled KAT-T vs compiled ViT-T, batch 8).
 * as a plain test (``--benchmark-disable``, CI): T widths at depth 2, 64^2 images, batch 2; checks
   that the loss is finite, the step changes the weights, and compiled matches eager.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import timm
@@ -33,7 +35,19 @@ SMALL = dict(batch=8, img_size=224, depth=12)
 PLAIN_TEST = dict(batch=2, img_size=64, depth=2)
 
 
+MODELS_ENV = "FUSEDKAT_BENCH_MODELS"
+
+
 def _sizes() -> tuple[str, ...]:
+    """Model sizes to run: ``$FUSEDKAT_BENCH_MODELS`` (e.g. ``T,S``) if set, else T/S/B at the paper
+    size and T otherwise.  Each compiled model costs a minute or two of inductor time."""
+    env = os.environ.get(MODELS_ENV, "").strip()
+    if env:
+        sizes = tuple(s.strip().upper() for s in env.split(",") if s.strip())
+        bad = [s for s in sizes if s not in MODELS]
+        if bad:
+            raise ValueError(f"{MODELS_ENV}={env!r}: unknown sizes {bad}; expected some of {list(MODELS)}")
+        return sizes
     return ("T", "S", "B") if bench_size() == "paper" else ("T",)
 
 

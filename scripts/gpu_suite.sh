@@ -144,14 +144,25 @@ run_suite() {  # phases: any of build tests kbench gemm model (default: tests kb
         # eager first, then compiled with -x so a failure's traceback is printed before any timeout
         log "KAT vs ViT training steps (bf16 autocast, batch 64, 224^2)"; rc_model=0
         : > "$res/model_step.txt"
-        for sel in eager compiled; do
+        # (FUSEDKAT_BENCH_MODELS=T,S picks sizes; each selection has its own timeout)
+        local sels=("eager" "compiled and not cudagraphs" "cudagraphs") names=(eager compiled cudagraphs) i
+        for i in 0 1 2; do
           (cd "$REPO" && FUSEDKAT_BENCH_SIZE=paper timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" "$PY" -m pytest \
               bench/bench_model_step.py -q -rfE --tb=short -x -p no:cacheprovider -o addopts="" \
-              -k "$sel${FUSEDKAT_GPU_MODEL_FILTER:+ and $FUSEDKAT_GPU_MODEL_FILTER}" \
-              --benchmark-json "$res/model_step_$sel.json" >> "$res/model_step.txt" 2>&1) || rc_model=$?
+              -k "${sels[$i]}${FUSEDKAT_GPU_MODEL_FILTER:+ and $FUSEDKAT_GPU_MODEL_FILTER}" \
+              --benchmark-json "$res/model_step_${names[$i]}.json" >> "$res/model_step.txt" 2>&1) || rc_model=$?
+          out_copy "$res/model_step.txt"
         done
-        "$PY" -c "import json,sys; a,b=(json.load(open(p)) if open(p).read().strip() else {'benchmarks': []} for p in sys.argv[1:3]); a['benchmarks']+=b['benchmarks']; json.dump(a,open(sys.argv[3],'w'))" \
-          "$res/model_step_eager.json" "$res/model_step_compiled.json" "$res/model_step.json" 2>/dev/null || true
+        "$PY" -c "
+import json, sys
+out = {'benchmarks': []}
+for p in sys.argv[1:-1]:
+    try:
+        d = json.load(open(p))
+    except (OSError, ValueError):
+        continue
+    out = {**d, 'benchmarks': out['benchmarks'] + d.get('benchmarks', [])}
+json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudagraphs}.json "$res/model_step.json" || true
         tail -5 "$res/model_step.txt" >&2; out_copy "$res/model_step.txt" ;;
       *) log "unknown phase: $phase"; exit 2 ;;
     esac
