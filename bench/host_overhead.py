@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import time
 
@@ -20,7 +21,7 @@ import torch
 
 
 def _cases(rows: int = 8 * 197):
-    from cutlass_kernels import launch
+    from cutlass_kernels import abi, launch
 
     g, k, n_out = 8, 768, 3072
     x = torch.randn(rows, k, device="cuda").to(torch.bfloat16)
@@ -29,13 +30,35 @@ def _cases(rows: int = 8 * 197):
     b = torch.randn(n_out, device="cuda").to(torch.bfloat16)
     num = torch.randn(1, 6, device="cuda") * 0.5
     den = torch.randn(g, 4, device="cuda") * 0.5
-    return {
+    cases = {
         "group_rational_forward": lambda: launch.group_rational_forward(x, num, den, "A"),
         "group_rational_backward": lambda: launch.group_rational_backward(x, x, num, den, "A"),
         "rational_linear_forward": lambda: launch.rational_linear_forward(x, num, den, w, b, "A"),
         "rational_linear_backward": lambda: launch.rational_linear_backward(go, x, num, den, w, True, "A"),
-        "cublas_linear (reference)": lambda: torch.nn.functional.linear(x, w, b),
     }
+    # the pointer-ABI launchers once more through the DSL's executor (FUSEDKAT_TVM_FFI=0): the
+    # calling convention's share of the host time
+    for name in ("group_rational_forward", "group_rational_backward", "rational_linear_forward"):
+        cases[f"{name} [DSL executor]"] = _with_env(abi.ENV_FFI, "0", cases[name])
+    cases["cublas_linear (reference)"] = lambda: torch.nn.functional.linear(x, w, b)
+    print(f"calling convention: {'TVM-FFI' if abi.ffi_enabled() else 'DSL executor'} (FUSEDKAT_TVM_FFI="
+          f"{os.environ.get(abi.ENV_FFI, 'auto')})", flush=True)
+    return cases
+
+
+def _with_env(key: str, value: str, fn):
+    def run():
+        old = os.environ.get(key)
+        os.environ[key] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = old
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +121,8 @@ def _kernel_times(rows: int, calls: int = 20) -> None:
 
     print(f"== kernel time per call at rows={rows}, K=768, N=3072 (torch.profiler, {calls} calls)", flush=True)
     for name, fn in _cases(rows).items():
+        if name.endswith("[DSL executor]"):  # same kernels: only the host side differs
+            continue
         for _ in range(3):
             fn()
         torch.cuda.synchronize()

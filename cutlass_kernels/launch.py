@@ -20,6 +20,7 @@ import torch
 
 from fusedkat.ops import torch_impl
 
+from . import abi
 from .config import dtype_name_of
 from .rational_elementwise import GroupRationalBwdConfig, GroupRationalConfig, max_vec
 from .rational_variants import SOURCES, VECS
@@ -73,40 +74,36 @@ def _unsupported(x: torch.Tensor) -> bool:
     return x.dtype == torch.float64 or x.numel() > _INT32_MAX
 
 
-def _stream(device: torch.device):
-    import cuda.bindings.driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
-
-
-def _vec_tensor(t: torch.Tensor, vec: int):
-    """[total, vec] view as a CuTe tensor with a dynamic row count (matches the fake tensors)."""
-    from cutlass.cute.runtime import from_dlpack
-
-    from .runtime import stride_order
-
-    v = t.detach().view(-1, vec)  # DLPack refuses tensors that require grad (custom-op inputs may)
-    return from_dlpack(v, assumed_align=vec * t.element_size()).mark_compact_shape_dynamic(
-        mode=0, stride_order=stride_order(v))
+def _coefficients(numerator: torch.Tensor, denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 row-major copies (or the tensors themselves) of the coefficients, as the kernels read them."""
+    return abi.as_f32(numerator), abi.as_f32(denominator)
 
 
-def _coef_tensor(t: torch.Tensor, mode: int = 0):
-    from cutlass.cute.runtime import from_dlpack
+def elementwise_arguments(vectors: tuple[torch.Tensor, ...], part: Optional[torch.Tensor], num: torch.Tensor,
+                          den: torch.Tensor, p: LaunchPlan, ffi: bool) -> tuple:
+    """The elementwise entries' arguments, stream excluded (see ``rational_elementwise``):
+    ``(*vector pointers, [part pointer,] pNum, pDen, total, K/V, K/(gV), num_step, S, num_rows, g)``.
 
-    from .runtime import stride_order
-
-    t = t.detach()
-    return from_dlpack(t, assumed_align=4).mark_compact_shape_dynamic(mode=mode, stride_order=stride_order(t))
+    ``vectors``: x/y (forward) or grad/x/dx (backward), contiguous, aligned to ``V`` elements;
+    ``part``: the backward's ``[m+1+n, S]`` fp32 partials.  Ints under TVM-FFI, DSL objects otherwise
+    (:mod:`cutlass_kernels.abi`); only addresses and sizes are read, so a CPU test can bind them."""
+    align = p.vec * vectors[0].element_size()
+    ptrs = [abi.pointer(t, align, ffi) for t in vectors]
+    if part is not None:
+        ptrs.append(abi.pointer(part, 4, ffi))
+    ptrs += [abi.pointer(num, 4, ffi), abi.pointer(den, 4, ffi)]
+    sizes = (p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, num.shape[0], den.shape[0])
+    return (*ptrs, *abi.int32s(sizes, ffi))
 
 
 def _arch(device: torch.device) -> str:
     from .arch import arch_from_capability
 
-    return arch_from_capability(torch.cuda.get_device_capability(device))
+    return arch_from_capability(abi.device_info(device)[0])
 
 
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return abi.device_info(device)[1]
 
 
 @checked
@@ -125,12 +122,11 @@ def group_rational_forward(
     dtype = dtype_name_of(x.dtype)
     p = plan(xc.numel(), xc.shape[-1], g, dtype, _alignment(xc, y), _sm_count(x.device))
     cfg = GroupRationalConfig(dtype=dtype, form=form, m=numerator.shape[1] - 1, n=n, vec=p.vec)
-    kernel = _get(cfg, "compile_forward", x.device)
-    num = numerator.detach().to(torch.float32).contiguous()
-    den = denominator.detach().to(torch.float32).contiguous()
-    with torch.cuda.device(x.device):  # launch on x's GPU, not on whichever is current
-        kernel(_vec_tensor(xc, p.vec), _vec_tensor(y, p.vec), _coef_tensor(num), _coef_tensor(den),
-               p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, _stream(x.device))
+    ffi = abi.ffi_enabled()
+    kernel = _get(cfg, "compile_forward", x.device, ffi)
+    num, den = _coefficients(numerator, denominator)
+    with abi.on_device(x.device):  # launch on x's GPU, not on whichever is current
+        kernel(*elementwise_arguments((xc, y), None, num, den, p, ffi), abi.stream(x.device, ffi))
     return y
 
 
@@ -155,14 +151,12 @@ def group_rational_backward(
     dtype = dtype_name_of(x.dtype)
     p = plan(xc.numel(), xc.shape[-1], g, dtype, _alignment(xc, gc, dx), _sm_count(x.device))
     cfg = GroupRationalBwdConfig(dtype=dtype, form=form, m=m1 - 1, n=n, vec=p.vec)
-    kernel = _get(cfg, "compile_backward", x.device)
-    num = numerator.detach().to(torch.float32).contiguous()
-    den = denominator.detach().to(torch.float32).contiguous()
+    ffi = abi.ffi_enabled()
+    kernel = _get(cfg, "compile_backward", x.device, ffi)
+    num, den = _coefficients(numerator, denominator)
     part = torch.empty((m1 + n, p.threads), dtype=torch.float32, device=x.device)
-    with torch.cuda.device(x.device):
-        kernel(_vec_tensor(gc, p.vec), _vec_tensor(xc, p.vec), _vec_tensor(dx, p.vec), _coef_tensor(part, mode=1),
-               _coef_tensor(num), _coef_tensor(den), p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1,
-               p.threads, _stream(x.device))
+    with abi.on_device(x.device):
+        kernel(*elementwise_arguments((gc, xc, dx), part, num, den, p, ffi), abi.stream(x.device, ffi))
     sums = part.view(m1 + n, *p.partial_shape).sum(dim=(1, 3))  # (m1+n, g), fixed order: deterministic
     d_num = sums[:m1].t()
     if numerator.shape[0] == 1:
@@ -171,11 +165,11 @@ def group_rational_backward(
     return dx, d_num.to(numerator.dtype).contiguous(), d_den.to(denominator.dtype).contiguous()
 
 
-def _get(cfg: GroupRationalConfig, fn: str, device: torch.device):
+def _get(cfg: GroupRationalConfig, fn: str, device: torch.device, ffi: bool):
     from .runtime import get_kernel
 
     fields = {"dtype": cfg.dtype, "form": cfg.form, "m": cfg.m, "n": cfg.n, "vec": cfg.vec}
-    return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES)
+    return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES, ffi=ffi)
 
 
 @checked
@@ -188,7 +182,7 @@ def rational_linear_forward(
     from .gemm import fwd_launch
 
     if fwd_launch.enabled() and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
-        return fwd_launch.rational_linear_forward(x, numerator, denominator, weight, bias, form)
+        return fwd_launch.forward_unchecked(x, numerator, denominator, weight, bias, form)
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
 

@@ -101,11 +101,25 @@ def _kernels() -> Any:
             b = [mDen[grp, j].to(Float32) for j in range(self.cfg.n)]
             return a, b
 
+        def vectors(self, ptr, total):
+            """``[total, V]`` row-major view of a vector buffer (the pointer carries its alignment)."""
+            return cute.make_tensor(ptr, cute.make_layout((total, self.cfg.vec), stride=(self.cfg.vec, 1)))
+
+        def coefficients(self, pNum, pDen, num_rows, groups):
+            """Row-major ``[num_rows, m+1]`` numerator and ``[groups, n]`` denominator views."""
+            m1, n = self.cfg.m + 1, self.cfg.n
+            return (cute.make_tensor(pNum, cute.make_layout((num_rows, m1), stride=(m1, 1))),
+                    cute.make_tensor(pDen, cute.make_layout((groups, n), stride=(n, 1))))
+
+    # Host entries take raw pointers and Int32 sizes (the ABI of cutlass_kernels.abi): the same
+    # compiled function is called through TVM-FFI with plain ints or through the DSL's executor.
     class Forward(_Common):
         @cute.jit
-        def __call__(self, mX: cute.Tensor, mY: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
+        def __call__(self, pX: cute.Pointer, pY: cute.Pointer, pNum: cute.Pointer, pDen: cute.Pointer,
                      total: Int32, kvecs: Int32, kvg: Int32, num_step: Int32, nthreads: Int32,
-                     stream: Any):
+                     num_rows: Int32, groups: Int32, stream: Any):
+            mX, mY = self.vectors(pX, total), self.vectors(pY, total)
+            mNum, mDen = self.coefficients(pNum, pDen, num_rows, groups)
             threads = self.cfg.threads
             grid = (nthreads + threads - 1) // threads
             self.kernel(mX, mY, mNum, mDen, total, kvecs, kvg, num_step, nthreads).launch(
@@ -141,9 +155,13 @@ def _kernels() -> Any:
 
     class Backward(_Common):
         @cute.jit
-        def __call__(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mPart: cute.Tensor,
-                     mNum: cute.Tensor, mDen: cute.Tensor, total: Int32, kvecs: Int32, kvg: Int32,
-                     num_step: Int32, nthreads: Int32, stream: Any):
+        def __call__(self, pG: cute.Pointer, pX: cute.Pointer, pDX: cute.Pointer, pPart: cute.Pointer,
+                     pNum: cute.Pointer, pDen: cute.Pointer, total: Int32, kvecs: Int32, kvg: Int32,
+                     num_step: Int32, nthreads: Int32, num_rows: Int32, groups: Int32, stream: Any):
+            mG, mX, mDX = self.vectors(pG, total), self.vectors(pX, total), self.vectors(pDX, total)
+            # partial sums: [m+1+n, nthreads] fp32, row-major (one column per thread)
+            mPart = cute.make_tensor(pPart, cute.make_layout((self.cfg.coefficients, nthreads), stride=(nthreads, 1)))
+            mNum, mDen = self.coefficients(pNum, pDen, num_rows, groups)
             threads = self.cfg.threads
             grid = (nthreads + threads - 1) // threads
             self.kernel(mG, mX, mDX, mPart, mNum, mDen, total, kvecs, kvg, num_step, nthreads).launch(
@@ -230,27 +248,22 @@ _KERNELS: Any = None
 
 
 def _fake_args(cfg: GroupRationalConfig, backward: bool) -> list:
-    """Fake tensors/scalars matching what the launcher passes (dynamic sizes, 16-byte alignment)."""
-    import cutlass
+    """Placeholder pointers (with the alignments the launcher guarantees), Int32 sizes and a
+    stream: the ABI of the host entries (values are never read at compile time)."""
     import cutlass.cute as cute
     from cutlass import Float32, Int32
-    from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
+    from cutlass.cute.runtime import make_fake_stream, make_ptr
 
     from .dsl import dsl_type
 
     el = dsl_type(cfg.dtype)
+    gmem = cute.AddressSpace.gmem
     align = cfg.vec * DTYPE_BYTES[cfg.dtype]
-
-    def vecs():
-        return make_fake_compact_tensor(el, (cute.sym_int32(), cfg.vec), stride_order=(1, 0), assumed_align=align)
-
-    num = make_fake_compact_tensor(Float32, (cute.sym_int32(), cfg.m + 1), stride_order=(1, 0))
-    den = make_fake_compact_tensor(Float32, (cute.sym_int32(), cfg.n), stride_order=(1, 0))
-    scalars = [Int32(1)] * 5
-    if not backward:
-        return [vecs(), vecs(), num, den, *scalars, make_fake_stream()]
-    part = make_fake_compact_tensor(Float32, (cfg.coefficients, cute.sym_int32()), stride_order=(1, 0))
-    return [vecs(), vecs(), vecs(), part, num, den, *scalars, make_fake_stream()]
+    vecs = [make_ptr(el, 1 << 20, gmem, assumed_align=align) for _ in range(3 if backward else 2)]
+    coefs = [make_ptr(Float32, 1 << 20, gmem, assumed_align=4) for _ in range(2)]
+    part = [make_ptr(Float32, 1 << 20, gmem, assumed_align=4)] if backward else []
+    scalars = [Int32(1)] * 7
+    return [*vecs, *part, *coefs, *scalars, make_fake_stream()]
 
 
 def compile_forward(arch: str, options: str, **fields: Any) -> Any:

@@ -6,6 +6,10 @@ with fake tensors (exactly as the build check does) and, when a C++ compiler is 
 exports it ahead-of-time (``dump_to_object`` + ``g++ -shared``) into the disk cache; later
 processes load that shared object instead of compiling (``cutlass.runtime.load_module``).
 Set ``FUSEDKAT_AOT_CACHE=0`` to always JIT-compile (nothing is then written to disk).
+
+``ffi=True`` (pointer-ABI entries, see :mod:`cutlass_kernels.abi`) compiles with
+``--enable-tvm-ffi``, exports with ``export_to_c`` and loads the module as TVM-FFI: the callable
+is then a ``tvm_ffi.Function`` taking plain ints.  Its cache entries have their own keys.
 """
 from __future__ import annotations
 
@@ -33,34 +37,49 @@ def _split(target: str) -> tuple[str, str]:
     return mod, fn
 
 
-def _compile(target: str, fields: dict, arch: str) -> Any:
+FFI_OPTION = "--enable-tvm-ffi"
+
+
+def _compile(target: str, fields: dict, arch: str, ffi: bool = False) -> Any:
     import importlib
 
     from . import dsl
 
     mod, fn = _split(target)
-    return getattr(importlib.import_module(mod), fn)(arch=arch, options=dsl.compile_options(arch), **fields)
+    options = dsl.compile_options(arch) + (f" {FFI_OPTION}" if ffi else "")
+    return getattr(importlib.import_module(mod), fn)(arch=arch, options=options, **fields)
 
 
-def _export(compiled: Any, prefix: str, out_dir: Path) -> None:
+def _export(compiled: Any, prefix: str, out_dir: Path, ffi: bool = False) -> None:
     """AOT-export a compiled function into ``out_dir/kernel.so``."""
     from . import dsl
 
     dsl.load_runtime_libraries()
     obj = out_dir / "kernel.o"
-    obj.write_bytes(compiled.dump_to_object(prefix))
+    if ffi:  # a TVM-FFI function exports its __tvm_ffi_<prefix> symbol this way, not via dump_to_object
+        compiled.export_to_c(str(obj), function_name=prefix)
+    else:
+        obj.write_bytes(compiled.dump_to_object(prefix))
     subprocess.run(["g++", "-shared", "-o", str(out_dir / "kernel.so"), str(obj)], check=True,
                    capture_output=True)
     obj.unlink()
 
 
-def _load(entry: Path, prefix: str) -> Callable[..., Any]:
+def _load(entry: Path, prefix: str, ffi: bool = False) -> Callable[..., Any]:
     from cutlass.runtime import load_module
 
     from . import dsl
 
     dsl.load_runtime_libraries()
-    return getattr(load_module(str(entry / "kernel.so")), prefix)
+    return getattr(load_module(str(entry / "kernel.so"), enable_tvm_ffi=ffi), prefix)
+
+
+def _ffi_function(compiled: Any) -> Callable[..., Any]:
+    """The bare ``tvm_ffi.Function`` of a JIT-compiled TVM-FFI function (the DSL's wrapper adds a
+    Python pointer-conversion pass we do not need: our pointers are already ints)."""
+    get = getattr(compiled, "__tvm_ffi_object__", None)
+    fn = get() if get is not None else None
+    return fn if fn is not None else compiled
 
 
 def stride_order(t: Any) -> tuple[int, ...]:
@@ -72,9 +91,11 @@ def stride_order(t: Any) -> tuple[int, ...]:
     return tuple(sorted(range(len(strides)), key=lambda i: -strides[i]))
 
 
-def get_kernel(target: str, fields: dict, arch: str, sources: tuple[str, ...] = ()) -> Callable[..., Any]:
-    """The callable for ``target`` compiled with ``fields`` for ``arch`` (see the module docstring)."""
-    memo_key = (target, tuple(sorted(fields.items())), arch)
+def get_kernel(target: str, fields: dict, arch: str, sources: tuple[str, ...] = (),
+               ffi: bool = False) -> Callable[..., Any]:
+    """The callable for ``target`` compiled with ``fields`` for ``arch`` (see the module docstring);
+    ``ffi``: the TVM-FFI calling convention (only for pointer-ABI entries)."""
+    memo_key = (target, tuple(sorted(fields.items())), arch, ffi)
     fn = _MEMO.get(memo_key)
     if fn is not None:
         return fn
@@ -82,37 +103,47 @@ def get_kernel(target: str, fields: dict, arch: str, sources: tuple[str, ...] = 
         fn = _MEMO.get(memo_key)
         if fn is not None:
             return fn
-        fn = _get_uncached(target, fields, arch, sources)
+        fn = _get_uncached(target, fields, arch, sources, ffi)
         _MEMO[memo_key] = fn
         return fn
 
 
-def _get_uncached(target: str, fields: dict, arch: str, sources: tuple[str, ...]) -> Callable[..., Any]:
+def _get_uncached(target: str, fields: dict, arch: str, sources: tuple[str, ...], ffi: bool) -> Callable[..., Any]:
+    def jit() -> Callable[..., Any]:
+        compiled = _compile(target, fields, arch, ffi)
+        return _ffi_function(compiled) if ffi else compiled
+
     if not _aot_enabled():
-        return _compile(target, fields, arch)
+        return jit()
     modules = tuple(sorted({_split(target)[0], *sources}))
-    key = make_key("aot", target, fields, arch, source_fingerprint(modules), dsl_version())
+    # (no extra part without ffi: the executor's existing cache entries keep their keys)
+    key = make_key("aot", target, fields, arch, source_fingerprint(modules), dsl_version(), *(["tvm_ffi"] if ffi else []))
     prefix = f"fk_{key[:20]}"
     compiled_here: list[Any] = []
 
     def build(out_dir: Path) -> dict:
-        compiled = _compile(target, fields, arch)
+        compiled = _compile(target, fields, arch, ffi)
         compiled_here.append(compiled)
-        _export(compiled, prefix, out_dir)
-        return {"target": target, "fields": fields, "arch": arch, "prefix": prefix, "dsl_version": dsl_version()}
+        _export(compiled, prefix, out_dir, ffi)
+        return {"target": target, "fields": fields, "arch": arch, "prefix": prefix, "dsl_version": dsl_version(),
+                "tvm_ffi": ffi}
 
     try:
         entry, _meta, hit = CompileCache().get_or_build(key, build)
     except Exception as e:  # export/link problems must not stop the kernel from running
         warnings.warn(f"fusedkat: AOT cache unavailable ({type(e).__name__}: {e}); JIT-compiling {target}")
-        return compiled_here[0] if compiled_here else _compile(target, fields, arch)
-    if compiled_here:
+        if compiled_here:
+            return _ffi_function(compiled_here[0]) if ffi else compiled_here[0]
+        return jit()
+    if compiled_here and not ffi:
         return compiled_here[0]
-    try:
-        return _load(entry, prefix)
+    try:  # TVM-FFI: the loaded module's function is the bare tvm_ffi.Function, even on a miss
+        return _load(entry, prefix, ffi)
     except Exception as e:
         warnings.warn(f"fusedkat: could not load cached kernel {entry} ({type(e).__name__}: {e}); JIT-compiling")
-        return _compile(target, fields, arch)
+        if compiled_here:
+            return _ffi_function(compiled_here[0])
+        return jit()
 
 
 def clear_memo() -> None:

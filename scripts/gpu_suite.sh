@@ -24,6 +24,7 @@
 #                   then bench.gpu_results folds everything into the results JSON.
 #
 # Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
+# FUSEDKAT_GPU_TESTS (glob in tests/gpu, default test_*.py), FUSEDKAT_BENCH_MODELS (model step sizes, e.g. T,S),
 # FUSEDKAT_GPU_FILE_TIMEOUT / FUSEDKAT_GPU_TEST_TIMEOUT / FUSEDKAT_GPU_BENCH_TIMEOUT (seconds).
 set -euo pipefail
 
@@ -31,10 +32,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STAGE="${FUSEDKAT_GPU_STAGE:-/tmp/fusedkat_gpu_stage}"
 PY="${PYTHON:-python3}"
 WHEELS_DIR="$REPO/build/gpu_wheels"
-# Only the DSL travels: the GPU image already has torch, timm, torchvision, pytest, pytest-benchmark,
+# Only the DSL (and apache-tvm-ffi, its fast calling convention) travels: the GPU image already has torch, timm, torchvision, pytest, pytest-benchmark,
 # pytest-timeout, cuda-bindings and protobuf (see the device tool's KINDS.md).
 PKGS=("nvidia-cutlass-dsl==4.8.1" "nvidia-cutlass-dsl-libs-base==4.8.1" "nvidia-cutlass-dsl-libs-core==4.8.1"
-      "nvidia-cutlass-dsl-libs-cu12==4.8.1")
+      "nvidia-cutlass-dsl-libs-cu12==4.8.1" "apache-tvm-ffi==0.1.15.post2")
 SITE="$STAGE/site"
 
 log() { echo "[gpu_suite $(date -u +%H:%M:%S)] $*" >&2; }
@@ -80,7 +81,7 @@ pyenv() {  # PYTHONPATH for the unpacked site (its .pth is not processed outside
 
 install() {
   pyenv
-  if "$PY" -c "import cutlass.cute, pytest, pytest_benchmark, fusedkat" 2>/dev/null; then log "CuTe DSL, pytest and fusedkat importable"; return 0; fi
+  if "$PY" -c "import cutlass.cute, tvm_ffi, pytest, pytest_benchmark, fusedkat" 2>/dev/null; then log "CuTe DSL, pytest and fusedkat importable"; return 0; fi
   [ -f "$STAGE/parts/site.tar.xz.sha256" ] || { log "no complete staged site in $STAGE/parts (run 'stage' for every part)"; exit 3; }
   cat "$STAGE"/parts/site.tar.xz.part-* > "$STAGE/site.tar.xz"
   [ "$(sha256sum "$STAGE/site.tar.xz" | cut -d' ' -f1)" = "$(cut -d' ' -f1 "$STAGE/parts/site.tar.xz.sha256")" ] \
@@ -88,7 +89,7 @@ install() {
   mkdir -p "$SITE"
   "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$STAGE/site.tar.xz" "$SITE"
   rm -f "$STAGE/site.tar.xz"
-  "$PY" -c "import cutlass.cute, pytest, pytest_benchmark, fusedkat" || { log "imports still fail after unpacking"; exit 5; }
+  "$PY" -c "import cutlass.cute, tvm_ffi, pytest, pytest_benchmark, fusedkat" || { log "imports still fail after unpacking"; exit 5; }
   log "unpacked the CuTe DSL into $SITE"
 }
 
@@ -114,7 +115,7 @@ run_suite() {  # phases: any of build tests kbench gemm model (default: tests kb
       tests)
         # one process per file, each under a hard timeout, so a hung kernel costs one file, not the call
         : > "$res/gpu_tests.txt"
-        for f in "$REPO"/tests/gpu/test_*.py; do
+        for f in "$REPO"/tests/gpu/${FUSEDKAT_GPU_TESTS:-test_*.py}; do
           local name; name="$(basename "$f" .py)"
           log "GPU tests: $name"; [ "$rc_tests" = - ] && rc_tests=0
           (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_FILE_TIMEOUT:-420}" "$PY" -m pytest "$f" -q -rfE -p no:cacheprovider \

@@ -131,9 +131,9 @@ def test_fused_forward_switch(monkeypatch):
     assert fwd_launch.enabled()
 
 
-def _aot_entry(tmp_path, prefix: str):
+def _aot_entry(tmp_path, prefix: str, ffi: bool = False):
     """The sm_90a pointer-ABI entry, compiled with placeholders, AOT-exported and loaded back (the
-    launcher's path through ``cutlass_kernels.runtime``), offline."""
+    launcher's path through ``cutlass_kernels.runtime``), offline; ``ffi``: as a TVM-FFI function."""
     import shutil
 
     pytest.importorskip("cutlass")
@@ -144,9 +144,11 @@ def _aot_entry(tmp_path, prefix: str):
 
     fields = {"kernel": "sm90", "tile": (128, 128, 64), "atoms": (2, 1, 1), "stages": 4, "group_align": 8,
               "dtype": "bf16", "form": "A", "m": 5, "n": 4}
-    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a"), prefix, tmp_path)
+    if ffi:
+        pytest.importorskip("tvm_ffi")
+    runtime._export(runtime._compile(TARGET, dict(fields), "sm_90a", ffi), prefix, tmp_path, ffi)
     assert (tmp_path / "kernel.so").stat().st_size > 0
-    return runtime._load(tmp_path, prefix)
+    return runtime._load(tmp_path, prefix, ffi)
 
 
 def test_launch_entry_exports_ahead_of_time_and_loads(tmp_path):
@@ -167,12 +169,32 @@ def test_launch_arguments_bind_to_the_compiled_entry_as_intended(tmp_path):
     x2 = wide[:, :k]  # row stride 520: passed in place, lda = 520
     w, y = torch.zeros(n_out, k, dtype=torch.bfloat16), torch.empty(m_rows, n_out, dtype=torch.bfloat16)
     bias, num, den = torch.zeros(n_out), torch.zeros(g, 6), torch.zeros(g, 4)
-    args = fwd_launch.launch_arguments(x2, w, y, bias, num, den)
+    args = fwd_launch.launch_arguments(x2, w, y, bias, num, den, ffi=False)
     exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
     values = [ctypes.cast(p, ctypes.POINTER(ctypes.c_uint64)).contents.value for p in exe]
     assert values[:6] == [t.data_ptr() for t in (x2, w, y, bias, num, den)]
     ints = [v & 0xFFFFFFFF for v in values[6:13]]
     assert ints == [m_rows, n_out // 8, k // 8, 520 // 8, g, g, k // g]
+    # the TVM-FFI convention passes the same values, as plain ints, in the same order
+    assert fwd_launch.launch_arguments(x2, w, y, bias, num, den, ffi=True) == (*values[:6], *ints)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="calls the entry with host addresses: CPU-only machines")
+def test_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path):
+    """The TVM-FFI entry (compiled with --enable-tvm-ffi, exported, loaded as a tvm_ffi.Function)
+    type-checks every argument in C before touching CUDA: the launcher's ints pass those checks and
+    the call only fails at the missing driver; a wrong count or a wrong type fails the checks."""
+    fn = _aot_entry(tmp_path, "fk_fwd_ffi", ffi=True)
+    m_rows, k, n_out, g = 197, 384, 1536, 8
+    x2, w = torch.zeros(m_rows, k, dtype=torch.bfloat16), torch.zeros(n_out, k, dtype=torch.bfloat16)
+    y, bias, num, den = torch.empty(m_rows, n_out, dtype=torch.bfloat16), torch.zeros(n_out), torch.zeros(1, 6), torch.zeros(g, 4)
+    args = fwd_launch.launch_arguments(x2, w, y, bias, num, den, ffi=True)
+    with pytest.raises(RuntimeError, match="(?i)cuda"):
+        fn(*args, 0)
+    with pytest.raises(TypeError, match="Expects 14 parameters"):
+        fn(*args)
+    with pytest.raises(TypeError, match="Mismatched type on argument #6"):
+        fn(*args[:6], 1.5, *args[7:], 0)
 
 
 def test_row_strided_views_are_used_without_a_copy():

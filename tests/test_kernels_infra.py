@@ -347,15 +347,18 @@ def test_dispatch_uses_probe_and_forcing(monkeypatch):
 def test_launch_views_accept_tensors_that_require_grad():
     """Autograd hands the custom ops' CUDA launchers leaves with requires_grad=True, which DLPack
     refuses; the CuTe views detach first (an H100 run of the GPU suite failed here before the fix).
-    CPU tensors take the same from_dlpack path."""
+    CPU tensors take the same from_dlpack path.  The pointer-ABI launchers read only addresses."""
     pytest.importorskip("cutlass")
     from cutlass_kernels import launch
     from cutlass_kernels.gemm import bwd_launch
 
     t = torch.randn(64, 32, requires_grad=True)
     assert "(?,32):(32,1)" in str(bwd_launch._cute(t, {0: 1}))
-    assert "(?,8):(8,1)" in str(launch._vec_tensor(t, 8))
-    assert "(?,4):(4,1)" in str(launch._coef_tensor(torch.randn(8, 4, requires_grad=True)))
+    num, den = launch._coefficients(torch.randn(1, 6, requires_grad=True), torch.randn(4, 4, requires_grad=True))
+    p = launch.plan(t.numel(), 32, 4, "fp32", 16, 1)
+    for ffi in (True, False):
+        args = launch.elementwise_arguments((t, t), None, num, den, p, ffi)
+        assert len(args) == 11
 
 
 @pytest.mark.parametrize("make", [
@@ -369,3 +372,86 @@ def test_stride_order_matches_torch_dim_order(make):
 
     t = make()
     assert stride_order(t) == tuple(t.dim_order())
+
+
+def _elementwise_entry(tmp_path, backward: bool, ffi: bool):
+    """An elementwise host entry compiled for sm_80 with placeholders, AOT-exported and loaded back."""
+    import shutil
+
+    pytest.importorskip("cutlass")
+    if ffi:
+        pytest.importorskip("tvm_ffi")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the AOT link")
+    from cutlass_kernels import runtime
+
+    target = f"cutlass_kernels.rational_elementwise:compile_{'backward' if backward else 'forward'}"
+    fields = {"dtype": "bf16", "form": "A", "m": 5, "n": 4, "vec": 8}
+    prefix = f"fk_ew_{int(backward)}{int(ffi)}"
+    runtime._export(runtime._compile(target, fields, "sm_80", ffi), prefix, tmp_path, ffi)
+    return runtime._load(tmp_path, prefix, ffi)
+
+
+def _elementwise_problem(backward: bool):
+    from cutlass_kernels import launch
+
+    rows, k, g = 197, 384, 8
+    vecs = tuple(torch.zeros(rows, k, dtype=torch.bfloat16) for _ in range(3 if backward else 2))
+    num, den = torch.zeros(g, 6), torch.zeros(g, 4)
+    p = launch.plan(rows * k, k, g, "bf16", 16, 132)
+    part = torch.zeros(10, p.threads) if backward else None
+    return vecs, part, num, den, p
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_elementwise_arguments_bind_to_the_compiled_entry(tmp_path, backward):
+    """The elementwise launchers' arguments reach the compiled pointer-ABI entry in the intended
+    slots (the DSL's own marshalling, no GPU), and the TVM-FFI convention passes the same values."""
+    import ctypes
+
+    import cuda.bindings.driver as cuda
+
+    from cutlass_kernels import launch
+
+    entry = _elementwise_entry(tmp_path, backward, ffi=False)
+    vecs, part, num, den, p = _elementwise_problem(backward)
+    args = launch.elementwise_arguments(vecs, part, num, den, p, ffi=False)
+    exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
+    values = [ctypes.cast(a, ctypes.POINTER(ctypes.c_uint64)).contents.value for a in exe]
+    n_ptr = len(vecs) + (part is not None) + 2
+    tensors = (*vecs, *([part] if part is not None else []), num, den)
+    assert values[:n_ptr] == [t.data_ptr() for t in tensors]
+    ints = [v & 0xFFFFFFFF for v in values[n_ptr:n_ptr + 7]]
+    assert ints == [p.total, p.kvecs, p.kvg, 1, p.threads, 8, 8]
+    assert launch.elementwise_arguments(vecs, part, num, den, p, ffi=True) == (*values[:n_ptr], *ints)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="calls the entry with host addresses: CPU-only machines")
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_elementwise_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, backward):
+    """The TVM-FFI entry type-checks the launcher's ints and gets as far as CUDA (absent here);
+    a missing stream fails the checks."""
+    from cutlass_kernels import launch
+
+    fn = _elementwise_entry(tmp_path, backward, ffi=True)
+    args = launch.elementwise_arguments(*_elementwise_problem(backward), ffi=True)
+    with pytest.raises(RuntimeError, match="(?i)cuda"):
+        fn(*args, 0)
+    with pytest.raises(TypeError, match=f"Expects {len(args) + 1} parameters"):
+        fn(*args)
+
+
+def test_tvm_ffi_switch(monkeypatch):
+    from cutlass_kernels import abi
+
+    monkeypatch.setenv(abi.ENV_FFI, "0")
+    assert abi.ffi_enabled() is False
+    monkeypatch.setenv(abi.ENV_FFI, "auto")
+    assert abi.ffi_enabled() is abi.ffi_available()
+    monkeypatch.setenv(abi.ENV_FFI, "maybe")
+    with pytest.raises(ValueError, match="expected 1, 0 or auto"):
+        abi.ffi_enabled()
+    monkeypatch.setenv(abi.ENV_FFI, "1")
+    monkeypatch.setattr(abi, "_FFI_IMPORTABLE", [False])
+    with pytest.raises(RuntimeError, match="apache-tvm-ffi"):
+        abi.ffi_enabled()

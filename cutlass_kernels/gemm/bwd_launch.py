@@ -23,6 +23,8 @@ import torch
 
 from fusedkat.ops import rational_math as rm
 
+from .. import abi
+
 _AB = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -47,7 +49,7 @@ def enabled(device: Optional[torch.device] = None) -> bool:
         raise ValueError(f"{ENV_FUSED_BWD}={value!r}: expected 1, 0 or auto")
     if device is None or device.type != "cuda":
         return True
-    return torch.cuda.get_device_capability(device)[0] != 9
+    return abi.device_info(device)[0][0] != 9
 
 
 def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,

@@ -13,7 +13,8 @@
   candidates of :func:`candidates` are timed once per problem key and the winner is cached in
   memory and in ``<compile cache>/gemm_fwd_autotune.json``.
 * Kernels come from :func:`cutlass_kernels.runtime.get_kernel` (memo, AOT disk cache, JIT) via the
-  pointer entry of :mod:`.fwd_compile` -- the same function the build check compiles.
+  pointer entry of :mod:`.fwd_compile` -- the same function the build check compiles -- called
+  through TVM-FFI when available (:mod:`cutlass_kernels.abi`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from typing import Any, Optional
 import torch
 
 from fusedkat.ops import rational_math as rm
+
+from .. import abi
 
 ENV_AUTOTUNE = "FUSEDKAT_GEMM_AUTOTUNE"
 ENV_FUSED_FWD = "FUSEDKAT_FUSED_FWD"
@@ -43,7 +46,7 @@ def enabled() -> bool:
 
 def kernel_arch(device: torch.device) -> Optional[str]:
     """Arch the kernels are compiled for on ``device``: sm_80/86/89 or sm_90a; None otherwise."""
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = abi.device_info(device)[0]
     if major == 9:
         return "sm_90a"
     if major == 8:
@@ -143,54 +146,33 @@ def _fields(cfg: dict, dtype: str, form: str, m: int, n: int) -> dict:
     return {**cfg, "dtype": dtype, "form": form, "m": m, "n": n}
 
 
-def _kernel(fields: dict, arch: str) -> Any:
+def _kernel(fields: dict, arch: str, ffi: bool) -> Any:
     from ..runtime import get_kernel
     from .variants import SOURCES
 
-    return get_kernel(TARGET, fields, arch, SOURCES)
-
-
-_ABI: dict[str, Any] = {}  # DSL objects the launch needs, looked up once (host time per launch)
-
-
-def _abi() -> dict[str, Any]:
-    if not _ABI:
-        import cutlass
-        import cutlass.cute as cute
-        from cutlass.cute.runtime import make_ptr
-
-        from .common import dsl_dtype
-
-        _ABI.update(make_ptr=make_ptr, Int32=cutlass.Int32, f32=cutlass.Float32, gmem=cute.AddressSpace.gmem,
-                    dtypes={t: dsl_dtype(name) for t, name in _DT.items()})
-    return _ABI
+    return get_kernel(TARGET, fields, arch, SOURCES, ffi=ffi)
 
 
 def launch_arguments(x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
-                     num: torch.Tensor, den: torch.Tensor) -> tuple:
+                     num: torch.Tensor, den: torch.Tensor, ffi: bool = False) -> tuple:
     """The pointer-ABI arguments of :class:`~cutlass_kernels.gemm.fwd_compile.PointerEntry`, stream
     excluded: ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, lda/8, groups, num_rows, group_size)``.
 
     x2 ``[M, K]`` (row stride a multiple of 8), w ``[N, K]``, y ``[M, N]`` in the MMA dtype; bias,
-    num, den fp32.  Works on any device's tensors (only addresses and sizes are read), which is how
-    a CPU test checks this binding against the compiled signature."""
-    abi = _abi()
-    make_ptr, gmem, f32, i32 = abi["make_ptr"], abi["gmem"], abi["f32"], abi["Int32"]
-    dt = abi["dtypes"][x2.dtype]
+    num, den fp32.  Ints for TVM-FFI, DSL objects for the executor (:mod:`cutlass_kernels.abi`).
+    Works on any device's tensors (only addresses and sizes are read), which is how CPU tests check
+    this binding against the compiled signature."""
     m_rows, k = x2.shape
     n_out = w.shape[0]
     g = den.shape[0]
-    return (make_ptr(dt, x2.data_ptr(), gmem, assumed_align=16), make_ptr(dt, w.data_ptr(), gmem, assumed_align=16),
-            make_ptr(dt, y.data_ptr(), gmem, assumed_align=16), make_ptr(f32, bias.data_ptr(), gmem, assumed_align=16),
-            make_ptr(f32, num.data_ptr(), gmem, assumed_align=4), make_ptr(f32, den.data_ptr(), gmem, assumed_align=4),
-            i32(m_rows), i32(n_out // 8), i32(k // 8), i32(x2.stride(0) // 8), i32(g), i32(num.shape[0]), i32(k // g))
+    ptrs = (abi.pointer(x2, 16, ffi), abi.pointer(w, 16, ffi), abi.pointer(y, 16, ffi), abi.pointer(bias, 16, ffi),
+            abi.pointer(num, 4, ffi), abi.pointer(den, 4, ffi))
+    return (*ptrs, *abi.int32s((m_rows, n_out // 8, k // 8, x2.stride(0) // 8, g, num.shape[0], k // g), ffi))
 
 
 def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
-            num: torch.Tensor, den: torch.Tensor) -> None:
-    import cuda.bindings.driver as cuda
-
-    fn(*launch_arguments(x2, w, y, bias, num, den), cuda.CUstream(torch.cuda.current_stream(x2.device).cuda_stream))
+            num: torch.Tensor, den: torch.Tensor, ffi: bool) -> None:
+    fn(*launch_arguments(x2, w, y, bias, num, den, ffi), abi.stream(x2.device, ffi))
 
 
 def _rows_ok(t: torch.Tensor) -> bool:
@@ -255,7 +237,7 @@ def choose_config(x2: torch.Tensor, weight: torch.Tensor, denominator: torch.Ten
         return {f: tuple(v) if isinstance(v, list) else v for f, v in hit.items() if f != "ms"}
     if autotune and run_with is not None:
         return _autotune(key, candidates(arch, k, k // g), run_with)
-    sm_count = torch.cuda.get_device_properties(x2.device).multi_processor_count
+    sm_count = abi.device_info(x2.device)[1]
     return heuristic(m_rows, n_out, k, g, arch, sm_count)
 
 
@@ -275,6 +257,26 @@ def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominato
     reason = unsupported_reason(x, numerator, denominator, weight, bias)
     if reason is not None:
         raise ValueError(reason)
+    return forward_unchecked(x, numerator, denominator, weight, bias, form, config=config, autotune=autotune, out=out)
+
+
+_ZEROS: dict[tuple, torch.Tensor] = {}  # read-only fp32 zero bias per (device, N): no memset per launch
+
+
+def _zero_bias(n_out: int, device: torch.device) -> torch.Tensor:
+    key = (device.index, n_out)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = torch.zeros(n_out, dtype=torch.float32, device=device)
+    return z
+
+
+def forward_unchecked(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                      weight: torch.Tensor, bias: Optional[torch.Tensor], form: str,
+                      *, config: Optional[dict] = None, autotune: Optional[bool] = None,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`rational_linear_forward` for arguments already validated (form checked and
+    :func:`unsupported_reason` None): the dispatcher's path, which has just checked them."""
     k, n_out = x.shape[-1], weight.shape[0]
     m, n = numerator.shape[1] - 1, denominator.shape[1]
     x2 = x.reshape(-1, k)  # a view whenever the leading dims can be flattened
@@ -290,21 +292,17 @@ def rational_linear_forward(x: torch.Tensor, numerator: torch.Tensor, denominato
         y = out
     if x2.shape[0] == 0:
         return y.reshape(*x.shape[:-1], n_out)
-    w = _aligned(weight.detach().to(x.dtype))
-    num = numerator.detach().to(torch.float32).contiguous()
-    den = denominator.detach().to(torch.float32).contiguous()
-    b = (bias.detach().to(torch.float32).contiguous() if bias is not None
-         else torch.zeros(n_out, dtype=torch.float32, device=x.device))
-    b = _aligned(b)
+    w = _aligned(weight if weight.dtype == x.dtype else weight.detach().to(x.dtype))
+    num, den = abi.as_f32(numerator), abi.as_f32(denominator)
+    b = _aligned(abi.as_f32(bias)) if bias is not None else _zero_bias(n_out, x.device)
     arch = kernel_arch(x.device)
     dtype = _DT[x.dtype]
+    ffi = abi.ffi_enabled()
 
     def run_with(cfg: dict) -> None:
-        _launch(_kernel(_fields(cfg, dtype, form, m, n), arch), x2, w, y, b, num, den)
+        _launch(_kernel(_fields(cfg, dtype, form, m, n), arch, ffi), x2, w, y, b, num, den, ffi)
 
-    # device guard: the DSL launches into the current device's context (the official kernels'
-    # missing guard is kat#28)
-    with torch.cuda.device(x.device):
+    with abi.on_device(x.device):  # the kernels launch into the current device's context (kat#28)
         cfg = config if config is not None else choose_config(x2, w, den, form, m, n, autotune, run_with)
         run_with(cfg)
     return y.reshape(*x.shape[:-1], n_out)
