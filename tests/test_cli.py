@@ -67,18 +67,33 @@ def test_info_reports_versions_dispatch_and_cache(tmp_path, capsys, monkeypatch)
             assert v["backend"] == "torch" and v["why_not_cute"]
         assert d["rational_linear_gemms"] is None and "FUSEDKAT_FUSED_BWD" not in text
     assert torch.__version__ in text and str(cache) in text
+    from cutlass_kernels import abi
+
+    assert d["kernel_launches"].startswith("TVM-FFI" if abi.ffi_enabled() else "DSL executor")
+    assert f"kernel launches     {d['kernel_launches']}" in text
+
+
+def test_info_reports_the_kernel_calling_convention(capsys, monkeypatch):
+    monkeypatch.setenv("FUSEDKAT_TVM_FFI", "0")
+    assert main(["info"]) == 0
+    assert "kernel launches     DSL executor" in capsys.readouterr().out
+    monkeypatch.setenv("FUSEDKAT_TVM_FFI", "sometimes")
+    assert main(["info"]) == 0
+    assert "kernel launches     error: FUSEDKAT_TVM_FFI='sometimes'" in capsys.readouterr().out
 
 
 def test_info_reports_the_gemm_paths_where_the_kernels_run():
     from fusedkat.app.info import format_info
 
     d = {"fusedkat": "0", "python": "3", "torch": "2", "torch_cuda": "13.0", "cuda_available": True,
-         "timm": "1", "nvidia_cutlass_dsl": "4.8.1", "backend_requested": "auto",
+         "timm": "1", "nvidia_cutlass_dsl": "4.8.1", "backend_requested": "auto", "kernel_launches": "TVM-FFI",
+         "apache_tvm_ffi": "0.1.15",
          "device": {"type": "cuda", "name": "NVIDIA H100", "capability": "sm_90", "memory_bytes": 80 * 2**30},
          "ops": {"rational_linear_forward": {"backend": "cute", "why_not_cute": None}},
          "rational_linear_gemms": {"forward": "fused", "backward": "unfused"},
          "kernel_cache": {"path": "/c", "exists": False}}
     text = format_info(d)
+    assert "kernel launches     TVM-FFI (FUSEDKAT_TVM_FFI; apache-tvm-ffi 0.1.15)" in text
     assert "rational_linear     forward fused (FUSEDKAT_FUSED_FWD), backward unfused (FUSEDKAT_FUSED_BWD)" in text
     assert "NVIDIA H100 (sm_90, 80.0 GiB)" in text
 

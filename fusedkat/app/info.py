@@ -83,6 +83,17 @@ def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
     return {"forward": "fused" if fwd_launch.enabled() else "unfused", "backward": bwd}
 
 
+def _calling_convention() -> str:
+    """How CuTe kernels are launched here: TVM-FFI or the DSL executor (FUSEDKAT_TVM_FFI)."""
+    try:
+        from cutlass_kernels import abi  # imports torch only, not the DSL
+
+        return "TVM-FFI" if abi.ffi_enabled() else (
+            "DSL executor" + ("" if abi.ffi_available() else " (apache-tvm-ffi not installed)"))
+    except (ImportError, ValueError, RuntimeError) as e:  # a bad FUSEDKAT_TVM_FFI: report it
+        return f"error: {e}"
+
+
 def collect() -> dict:
     """Everything ``fusedkat info`` prints, as a dict (also what ``--json`` writes)."""
     import fusedkat
@@ -103,6 +114,8 @@ def collect() -> dict:
         "cuda_available": cuda,
         "timm": _version("timm"),
         "nvidia_cutlass_dsl": _version("nvidia-cutlass-dsl"),
+        "apache_tvm_ffi": _version("apache-tvm-ffi"),
+        "kernel_launches": _calling_convention(),
         "device": dev,
         "backend_requested": os.environ.get("FUSEDKAT_BACKEND", "auto"),
         "ops": (ops := _ops_dispatch(device)),
@@ -120,6 +133,8 @@ def format_info(d: dict) -> str:
         f"CUDA available: {'yes' if d['cuda_available'] else 'no'})",
         f"timm                {d['timm'] or 'not installed'}",
         f"nvidia-cutlass-dsl  {d['nvidia_cutlass_dsl'] or 'not installed'}",
+        f"kernel launches     {d.get('kernel_launches', 'unknown')} (FUSEDKAT_TVM_FFI; apache-tvm-ffi "
+        f"{d.get('apache_tvm_ffi') or 'not installed'})",
         f"device              {dev['type']}: {dev['name']}"
         + (f" ({dev['capability']}, {dev['memory_bytes'] / 2**30:.1f} GiB)" if dev["type"] == "cuda"
            else f" ({dev['cpu_threads']} torch threads)"),
