@@ -109,12 +109,11 @@ def get_kernel(target: str, fields: dict, arch: str, sources: tuple[str, ...] = 
 
 
 def _get_uncached(target: str, fields: dict, arch: str, sources: tuple[str, ...], ffi: bool) -> Callable[..., Any]:
-    def jit() -> Callable[..., Any]:
-        compiled = _compile(target, fields, arch, ffi)
+    def callable_of(compiled: Any) -> Callable[..., Any]:
         return _ffi_function(compiled) if ffi else compiled
 
     if not _aot_enabled():
-        return jit()
+        return callable_of(_compile(target, fields, arch, ffi))
     modules = tuple(sorted({_split(target)[0], *sources}))
     # (no extra part without ffi: the executor's existing cache entries keep their keys)
     key = make_key("aot", target, fields, arch, source_fingerprint(modules), dsl_version(), *(["tvm_ffi"] if ffi else []))
@@ -128,22 +127,21 @@ def _get_uncached(target: str, fields: dict, arch: str, sources: tuple[str, ...]
         return {"target": target, "fields": fields, "arch": arch, "prefix": prefix, "dsl_version": dsl_version(),
                 "tvm_ffi": ffi}
 
+    def fallback() -> Callable[..., Any]:
+        return callable_of(compiled_here[0] if compiled_here else _compile(target, fields, arch, ffi))
+
     try:
         entry, _meta, hit = CompileCache().get_or_build(key, build)
     except Exception as e:  # export/link problems must not stop the kernel from running
         warnings.warn(f"fusedkat: AOT cache unavailable ({type(e).__name__}: {e}); JIT-compiling {target}")
-        if compiled_here:
-            return _ffi_function(compiled_here[0]) if ffi else compiled_here[0]
-        return jit()
+        return fallback()
     if compiled_here and not ffi:
         return compiled_here[0]
-    try:  # TVM-FFI: the loaded module's function is the bare tvm_ffi.Function, even on a miss
+    try:  # TVM-FFI: always the loaded module's bare tvm_ffi.Function, the one every later process uses
         return _load(entry, prefix, ffi)
     except Exception as e:
         warnings.warn(f"fusedkat: could not load cached kernel {entry} ({type(e).__name__}: {e}); JIT-compiling")
-        if compiled_here:
-            return _ffi_function(compiled_here[0])
-        return jit()
+        return fallback()
 
 
 def clear_memo() -> None:

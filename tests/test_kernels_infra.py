@@ -359,6 +359,8 @@ def test_launch_views_accept_tensors_that_require_grad():
     for ffi in (True, False):
         args = launch.elementwise_arguments((t, t), None, num, den, p, ffi)
         assert len(args) == 11
+    ints = launch.elementwise_arguments((t, t), None, num, den, p, True)
+    assert ints[:4] == (t.data_ptr(), t.data_ptr(), num.data_ptr(), den.data_ptr())
 
 
 @pytest.mark.parametrize("make", [
@@ -455,3 +457,33 @@ def test_tvm_ffi_switch(monkeypatch):
     monkeypatch.setattr(abi, "_FFI_IMPORTABLE", [False])
     with pytest.raises(RuntimeError, match="apache-tvm-ffi"):
         abi.ffi_enabled()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="calls the entry with host addresses: CPU-only machines")
+def test_get_kernel_returns_a_tvm_ffi_callable_through_the_disk_cache(tmp_path, monkeypatch):
+    """``get_kernel(ffi=True)`` through the AOT disk cache, on a miss and then as a fresh process
+    sees it (memo cleared, loaded from disk): the callable takes the launcher's ints and type-checks
+    them in C before CUDA is touched.  (With the cache off the DSL's JIT-compiled TVM-FFI function
+    is only initialised on a GPU machine, so that path is not checkable here.)"""
+    import shutil
+
+    pytest.importorskip("cutlass")
+    pytest.importorskip("tvm_ffi")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the AOT link")
+    from cutlass_kernels import launch, runtime
+
+    monkeypatch.setenv("FUSEDKAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(runtime.ENV_AOT, raising=False)
+    fields = {"dtype": "bf16", "form": "A", "m": 5, "n": 4, "vec": 8}
+    args = launch.elementwise_arguments(*_elementwise_problem(False), ffi=True)
+    for _ in range(2):
+        runtime.clear_memo()
+        fn = runtime.get_kernel("cutlass_kernels.rational_elementwise:compile_forward", fields, "sm_80",
+                                launch.SOURCES, ffi=True)
+        with pytest.raises(RuntimeError, match="(?i)cuda"):
+            fn(*args, 0)
+        with pytest.raises(TypeError, match="Expects"):
+            fn(*args)
+    runtime.clear_memo()
+    assert sum((p / "kernel.so").exists() for p in tmp_path.iterdir()) == 1

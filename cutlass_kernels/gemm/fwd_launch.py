@@ -267,7 +267,11 @@ def _zero_bias(n_out: int, device: torch.device) -> torch.Tensor:
     key = (device.index, n_out)
     z = _ZEROS.get(key)
     if z is None:
-        z = _ZEROS[key] = torch.zeros(n_out, dtype=torch.float32, device=device)
+        z = torch.zeros(n_out, dtype=torch.float32, device=device)
+        # not cached from inside a CUDA graph capture: that memory belongs to the graph's pool and
+        # may be reused once the graph is gone
+        if not torch.cuda.is_current_stream_capturing():
+            _ZEROS[key] = z
     return z
 
 
