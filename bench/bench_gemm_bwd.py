@@ -117,7 +117,8 @@ def test_gemm_bwd_official_style_atomics(benchmark, model, k, n_out):
 @pytest.mark.parametrize("impl", ("linear_gelu", "grkan"))
 @pytest.mark.parametrize("model,k,n_out", list(_cases()))
 def test_layer_train_step(benchmark, impl, model, k, n_out):
-    """One GR-KAN layer (rational_linear, fused fwd + fused bwd on CUDA) vs Linear+GELU: forward and
+    """One GR-KAN layer (rational_linear with the arch's default paths, FUSEDKAT_FUSED_FWD / _BWD) vs
+    Linear+GELU: forward and
     backward of one layer; ``extra_info["peak_mem_bytes"]`` is the memory the step needs."""
     import fusedkat.ops as ops
 

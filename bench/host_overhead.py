@@ -30,17 +30,24 @@ def _cases(rows: int = 8 * 197):
     b = torch.randn(n_out, device="cuda").to(torch.bfloat16)
     num = torch.randn(1, 6, device="cuda") * 0.5
     den = torch.randn(g, 4, device="cuda") * 0.5
+    fwd = lambda: launch.rational_linear_forward(x, num, den, w, b, "A")  # noqa: E731
+    bwd = lambda: launch.rational_linear_backward(go, x, num, den, w, True, "A")  # noqa: E731
     cases = {
         "group_rational_forward": lambda: launch.group_rational_forward(x, num, den, "A"),
         "group_rational_backward": lambda: launch.group_rational_backward(x, x, num, den, "A"),
-        "rational_linear_forward": lambda: launch.rational_linear_forward(x, num, den, w, b, "A"),
-        "rational_linear_backward": lambda: launch.rational_linear_backward(go, x, num, den, w, True, "A"),
+        # both paths of each direction, whatever the arch default is (FUSEDKAT_FUSED_FWD / _BWD)
+        "rational_linear_forward [fused]": _with_env("FUSEDKAT_FUSED_FWD", "1", fwd),
+        "rational_linear_forward [unfused]": _with_env("FUSEDKAT_FUSED_FWD", "0", fwd),
+        "rational_linear_backward [fused]": _with_env("FUSEDKAT_FUSED_BWD", "1", bwd),
+        "rational_linear_backward [unfused]": _with_env("FUSEDKAT_FUSED_BWD", "0", bwd),
     }
     # the pointer-ABI launchers once more through the DSL's executor (FUSEDKAT_TVM_FFI=0): the
     # calling convention's share of the host time
-    for name in ("group_rational_forward", "group_rational_backward", "rational_linear_forward"):
+    for name in ("group_rational_forward", "group_rational_backward", "rational_linear_forward [fused]"):
         cases[f"{name} [DSL executor]"] = _with_env(abi.ENV_FFI, "0", cases[name])
     cases["cublas_linear (reference)"] = lambda: torch.nn.functional.linear(x, w, b)
+    # a plain linear layer's backward, as autograd runs it: dgrad, wgrad, bias column sums
+    cases["cublas_linear_backward (reference)"] = lambda: (go @ w, go.t() @ x, go.sum(0))
     print(f"calling convention: {'TVM-FFI' if abi.ffi_enabled() else 'DSL executor'} (FUSEDKAT_TVM_FFI="
           f"{os.environ.get(abi.ENV_FFI, 'auto')})", flush=True)
     return cases
@@ -136,7 +143,7 @@ def _kernel_times(rows: int, calls: int = 20) -> None:
         kernels: dict[str, float] = {}
         for e in events:
             kernels[labels[e.name]] = kernels.get(labels[e.name], 0.0) + e.device_time / calls
-        top = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:5])
+        top = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:6])
         print(f"{name}: {total_us:.1f} us of GPU work per call ({top})", flush=True)
 
 

@@ -89,6 +89,22 @@ def stream(device: torch.device, ffi: bool) -> Any:
     return handle if ffi else _dsl()["CUstream"](handle)
 
 
+def arch_switch(env: str, device: Any, off_on_majors: Sequence[int]) -> bool:
+    """An on/off choice read from ``env`` per call: ``1`` / ``0`` force it; unset or ``auto``: off on
+    CUDA devices whose compute-capability major is in ``off_on_majors`` (where it was measured
+    slower), on elsewhere (CPU tensors, a device of None).  Anything else is a ValueError."""
+    value = os.environ.get(env, "auto").strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    if value not in ("", "auto"):
+        raise ValueError(f"{env}={value!r}: expected 1, 0 or auto")
+    if device is None or device.type != "cuda":
+        return True
+    return device_info(device)[0][0] not in off_on_majors
+
+
 # ---- host helpers for the launch path: each saves microseconds per launch ----------------------
 _DEVICES: dict[int, tuple[tuple[int, int], int]] = {}
 

@@ -80,19 +80,20 @@ def _coefficients(numerator: torch.Tensor, denominator: torch.Tensor) -> tuple[t
 
 
 def elementwise_arguments(vectors: tuple[torch.Tensor, ...], part: Optional[torch.Tensor], num: torch.Tensor,
-                          den: torch.Tensor, p: LaunchPlan, ffi: bool) -> tuple:
+                          den: torch.Tensor, p: LaunchPlan, ffi: bool, extra: tuple[int, ...] = ()) -> tuple:
     """The elementwise entries' arguments, stream excluded (see ``rational_elementwise``):
-    ``(*vector pointers, [part pointer,] pNum, pDen, total, K/V, K/(gV), num_step, S, num_rows, g)``.
+    ``(*vector pointers, [part pointer,] pNum, pDen, total, K/V, K/(gV), num_step, S, num_rows, g, *extra)``.
 
-    ``vectors``: x/y (forward) or grad/x/dx (backward), contiguous, aligned to ``V`` elements;
-    ``part``: the backward's ``[m+1+n, S]`` fp32 partials.  Ints under TVM-FFI, DSL objects otherwise
-    (:mod:`cutlass_kernels.abi`); only addresses and sizes are read, so a CPU test can bind them."""
+    ``vectors``: x/y (forward) or grad/x/dx[/F] (backward), aligned to ``V`` elements;
+    ``part``: the backward's ``[m+1+n, S]`` fp32 partials; ``extra``: the F-emitting backward's
+    ``(f_row_vecs, tail)``.  Ints under TVM-FFI, DSL objects otherwise (:mod:`cutlass_kernels.abi`);
+    only addresses and sizes are read, so a CPU test can bind them."""
     align = p.vec * vectors[0].element_size()
     ptrs = [abi.pointer(t, align, ffi) for t in vectors]
     if part is not None:
         ptrs.append(abi.pointer(part, 4, ffi))
     ptrs += [abi.pointer(num, 4, ffi), abi.pointer(den, 4, ffi)]
-    sizes = (p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, num.shape[0], den.shape[0])
+    sizes = (p.total, p.kvecs, p.kvg, 0 if num.shape[0] == 1 else 1, p.threads, num.shape[0], den.shape[0], *extra)
     return (*ptrs, *abi.int32s(sizes, ffi))
 
 
@@ -141,6 +142,15 @@ def group_rational_backward(
     """
     if _unsupported(x):
         return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+    return _backward(grad, x, numerator, denominator, form)
+
+
+def _backward(grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str,
+              f_out: Optional[torch.Tensor] = None, ones_tail: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The elementwise backward launch.  With ``f_out`` (``[rows, K (+ TAIL)]`` in x's dtype, rows
+    K-contiguous) it also writes F(x) there, and with ``ones_tail`` the TAIL columns ``(1, 0, ...)``
+    after each row (see :class:`~cutlass_kernels.rational_elementwise.GroupRationalBwdConfig`)."""
     xc = x.contiguous()
     gc = grad.to(x.dtype).contiguous()  # the kernel reads grad and x with one element type
     dx = torch.empty_like(xc)
@@ -149,14 +159,17 @@ def group_rational_backward(
     if xc.numel() == 0:
         return dx, torch.zeros_like(numerator), torch.zeros_like(denominator)
     dtype = dtype_name_of(x.dtype)
-    p = plan(xc.numel(), xc.shape[-1], g, dtype, _alignment(xc, gc, dx), _sm_count(x.device))
-    cfg = GroupRationalBwdConfig(dtype=dtype, form=form, m=m1 - 1, n=n, vec=p.vec)
+    vectors = (gc, xc, dx) if f_out is None else (gc, xc, dx, f_out)
+    align = _alignment(*vectors, *(() if f_out is None else (f_out[1:],)))  # F's row stride too
+    p = plan(xc.numel(), xc.shape[-1], g, dtype, align, _sm_count(x.device))
+    cfg = GroupRationalBwdConfig(dtype=dtype, form=form, m=m1 - 1, n=n, vec=p.vec, emit_f=f_out is not None)
     ffi = abi.ffi_enabled()
     kernel = _get(cfg, "compile_backward", x.device, ffi)
     num, den = _coefficients(numerator, denominator)
     part = torch.empty((m1 + n, p.threads), dtype=torch.float32, device=x.device)
+    extra = () if f_out is None else (f_out.stride(0) // p.vec, int(ones_tail))
     with abi.on_device(x.device):
-        kernel(*elementwise_arguments((gc, xc, dx), part, num, den, p, ffi), abi.stream(x.device, ffi))
+        kernel(*elementwise_arguments(vectors, part, num, den, p, ffi, extra), abi.stream(x.device, ffi))
     sums = part.view(m1 + n, *p.partial_shape).sum(dim=(1, 3))  # (m1+n, g), fixed order: deterministic
     d_num = sums[:m1].t()
     if numerator.shape[0] == 1:
@@ -169,6 +182,8 @@ def _get(cfg: GroupRationalConfig, fn: str, device: torch.device, ffi: bool):
     from .runtime import get_kernel
 
     fields = {"dtype": cfg.dtype, "form": cfg.form, "m": cfg.m, "n": cfg.n, "vec": cfg.vec}
+    if getattr(cfg, "emit_f", False):  # only then: the other variants keep their cache keys
+        fields["emit_f"] = True
     return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES, ffi=ffi)
 
 
@@ -181,7 +196,7 @@ def rational_linear_forward(
     arguments (``FUSEDKAT_FUSED_FWD=0``: off), else the rational kernel then a torch (cuBLAS) matmul."""
     from .gemm import fwd_launch
 
-    if fwd_launch.enabled() and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
+    if fwd_launch.enabled(x.device) and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
         return fwd_launch.forward_unchecked(x, numerator, denominator, weight, bias, form)
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
@@ -200,10 +215,42 @@ def rational_linear_backward(
         return bwd_launch.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
     k, n_out = x.shape[-1], weight.shape[0]
     go = grad_out.reshape(-1, n_out)
+    if go.dtype == x.dtype and not _unsupported(x) and x.numel() > 0:
+        return _unfused_backward(go, x, numerator, denominator, weight, form)
     f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
     d_weight = (go.t() @ f.to(go.dtype)).to(weight.dtype)
     acc = torch.float64 if go.dtype == torch.float64 else torch.float32
     d_bias = go.sum(dim=0, dtype=acc).to(weight.dtype)
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
     dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form)
+    return dx, d_num, d_den, d_weight, d_bias
+
+
+def _unfused_backward(go: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+                      weight: torch.Tensor, form: str
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The unfused backward in three launches: two cuBLAS GEMMs around one elementwise kernel.
+
+    1. ``G = dY W`` (cuBLAS);
+    2. the elementwise backward on (G, x): dx, the coefficient partials, and F(x) written into
+       ``Fa = [F(x) | 1 0 ... 0]`` ``[M, K + TAIL]`` (x's dtype): F is not recomputed by a kernel of
+       its own, and x is read once;
+    3. ``dY^T Fa = [dW | db | 0 ...]`` (cuBLAS): the ones column makes the weight-gradient GEMM
+       produce the bias gradient too, so dY is not read again by a column reduction (on an H100 that
+       reduction took 76 us of the 477 us of GPU time at 25216 x 768 -> 3072, bench/results/).
+
+    go ``[M, N]`` in x's dtype; returns the op's 5-tuple (d_bias always: the op's contract).  dW and
+    db are rounded to x's dtype by the GEMM, then cast to the weight's dtype, as a plain
+    ``nn.Linear`` backward under autocast does.
+    """
+    from .rational_elementwise import TAIL
+
+    k = x.shape[-1]
+    g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
+    f_aug = torch.empty((go.shape[0], k + TAIL), dtype=x.dtype, device=x.device)
+    dx, d_num, d_den = _backward(g_in, x, numerator, denominator, form, f_out=f_aug, ones_tail=True)
+    dwb = go.t() @ f_aug  # [N, K + TAIL]
+    # dense results: the op's fake impl promises contiguous outputs (inductor asserts strides)
+    d_weight = dwb[:, :k].to(weight.dtype).contiguous()
+    d_bias = dwb[:, k].to(weight.dtype).contiguous()
     return dx, d_num, d_den, d_weight, d_bias

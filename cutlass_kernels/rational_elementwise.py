@@ -63,10 +63,23 @@ class GroupRationalConfig(KernelConfig):
 
 @dataclass(frozen=True)
 class GroupRationalBwdConfig(GroupRationalConfig):
-    """Compile-time parameters of the backward kernel (same fields as the forward)."""
+    """Compile-time parameters of the backward kernel (the forward's fields, plus ``emit_f``).
+
+    emit_f: also write F(x) (x's dtype) into a row-strided ``[rows, K + tail]`` buffer, and
+    optionally a block of :data:`TAIL` columns ``(1, 0, ..., 0)`` after each row's K values.  The
+    unfused ``rational_linear`` backward feeds that buffer to its weight-gradient GEMM, so F(x) is
+    not recomputed by a second kernel and the ones column turns the same GEMM into the bias
+    gradient (``dY^T [F(x) | 1] = [dW | db]``).
+    """
 
     family: ClassVar[str] = "group_rational_bwd"
     unroll: int = 2
+    emit_f: bool = False
+
+
+#: Columns appended to each row of the backward's F(x) output when it carries the ones column:
+#: 8, so rows stay 16-byte aligned for every dtype and vector width (V divides 8).
+TAIL = 8
 
 
 def max_vec(dtype: str) -> int:
@@ -158,20 +171,31 @@ def _kernels() -> Any:
         def __call__(self, pG: cute.Pointer, pX: cute.Pointer, pDX: cute.Pointer, pPart: cute.Pointer,
                      pNum: cute.Pointer, pDen: cute.Pointer, total: Int32, kvecs: Int32, kvg: Int32,
                      num_step: Int32, nthreads: Int32, num_rows: Int32, groups: Int32, stream: Any):
-            mG, mX, mDX = self.vectors(pG, total), self.vectors(pX, total), self.vectors(pDX, total)
+            mDX = self.vectors(pDX, total)
+            # no F output: mDX stands in for mF (never written: emit_f is False at trace time)
+            self._launch(pG, pX, mDX, mDX, pPart, pNum, pDen, total, kvecs, kvg, num_step, nthreads,
+                         num_rows, groups, kvecs, Int32(0), stream)
+
+        @cute.jit
+        def _launch(self, pG: cute.Pointer, pX: cute.Pointer, mDX: cute.Tensor, mF: cute.Tensor,
+                    pPart: cute.Pointer, pNum: cute.Pointer, pDen: cute.Pointer, total: Int32, kvecs: Int32,
+                    kvg: Int32, num_step: Int32, nthreads: Int32, num_rows: Int32, groups: Int32,
+                    f_row_vecs: Int32, tail: Int32, stream: Any):
+            mG, mX = self.vectors(pG, total), self.vectors(pX, total)
             # partial sums: [m+1+n, nthreads] fp32, row-major (one column per thread)
             mPart = cute.make_tensor(pPart, cute.make_layout((self.cfg.coefficients, nthreads), stride=(nthreads, 1)))
             mNum, mDen = self.coefficients(pNum, pDen, num_rows, groups)
             threads = self.cfg.threads
             grid = (nthreads + threads - 1) // threads
-            self.kernel(mG, mX, mDX, mPart, mNum, mDen, total, kvecs, kvg, num_step, nthreads).launch(
-                grid=(grid, 1, 1), block=(threads, 1, 1), stream=stream)
+            self.kernel(mG, mX, mDX, mF, mPart, mNum, mDen, total, kvecs, kvg, num_step, nthreads,
+                        f_row_vecs, tail).launch(grid=(grid, 1, 1), block=(threads, 1, 1), stream=stream)
 
         @cute.kernel
-        def kernel(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mPart: cute.Tensor,
+        def kernel(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mF: cute.Tensor, mPart: cute.Tensor,
                    mNum: cute.Tensor, mDen: cute.Tensor, total: Int32, kvecs: Int32, kvg: Int32,
-                   num_step: Int32, nthreads: Int32):
+                   num_step: Int32, nthreads: Int32, f_row_vecs: Int32, tail: Int32):
             V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
+            emit_f = self.cfg.emit_f
             m1, n = self.cfg.m + 1, self.cfg.n
             tidx, _, _ = cute.arch.thread_idx()
             bidx, _, _ = cute.arch.block_idx()
@@ -180,6 +204,11 @@ def _kernels() -> Any:
                 a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
                 acc = cute.make_rmem_tensor((m1 + n,), Float32)
                 acc.fill(0.0)
+                # F's vector index for vector v = t + j*S is fvec + j*fstep: the row of v is
+                # t/kvecs + j*S/kvecs (S is a multiple of kvecs), F's rows are f_row_vecs apart.
+                # Carried through the loop: no division per vector.
+                fvec = t + (t // kvecs) * (f_row_vecs - kvecs)
+                fstep = (nthreads // kvecs) * f_row_vecs
                 for base in cutlass.range(t, total, nthreads * U):
                     xs, gs = [], []
                     for u in cutlass.range_constexpr(U):
@@ -197,29 +226,69 @@ def _kernels() -> Any:
                         xv = xs[u].load().to(Float32)
                         gv = gs[u].load().to(Float32)
                         dx = cute.make_rmem_tensor((1, V), Float32)
+                        # F in the output dtype as it is computed: packed, half the registers
+                        fv = cute.make_rmem_tensor((1, V), mF.element_type)
                         for i in cutlass.range_constexpr(V):
                             x = xv[0, i]
                             g = gv[0, i]
-                            dx[0, i] = _accumulate_gradients(acc, a, b, x, g, form, DslMath)
+                            d, f = _accumulate_gradients(acc, a, b, x, g, form, DslMath)
+                            dx[0, i] = d
+                            fv[0, i] = f.to(mF.element_type)
                         v = base + u * nthreads
                         if v < total:
                             cute.local_tile(mDX, (1, V), (v, 0)).store(dx.load().to(mDX.element_type))
+                            if cutlass.const_expr(emit_f):
+                                cute.local_tile(mF, (1, V), (fvec + u * fstep, 0)).store(fv.load())
+                    fvec = fvec + U * fstep
+                if cutlass.const_expr(emit_f):
+                    # the ones-column tail of every row this thread's column block 0 visited (S is
+                    # a multiple of kvecs, so block 0's threads are t % kvecs == 0 and cover rows
+                    # t / kvecs, + S / kvecs, ...); after the main loop, to keep its registers free
+                    if tail != 0:
+                        if t % kvecs == 0:
+                            for row in cutlass.range(t // kvecs, total // kvecs, nthreads // kvecs, unroll=1):
+                                self._store_tail(mF, row * f_row_vecs + kvecs)
                 _apply_coefficient_signs(acc, m1, b, form, DslMath)
                 for c in cutlass.range_constexpr(m1 + n):
                     mPart[c, t] = acc[c]
+
+        @cute.jit
+        def _store_tail(self, mF: cute.Tensor, first_vec):
+            """The TAIL columns ``(1, 0, ..., 0)`` from vector ``first_vec`` of F's vector view."""
+            V = self.cfg.vec
+            for j in cutlass.range_constexpr(TAIL // V):
+                ones = cute.make_rmem_tensor((1, V), Float32)
+                ones.fill(0.0)
+                if cutlass.const_expr(j == 0):
+                    ones[0, 0] = Float32(1.0)
+                cute.local_tile(mF, (1, V), (first_vec + j, 0)).store(ones.load().to(mF.element_type))
+
+    class BackwardEmitF(Backward):
+        """The backward entry that also writes F(x) (``cfg.emit_f``): two more pointer / size
+        arguments, ``pF`` after ``pDX`` and ``(f_row_vecs, tail)`` after the sizes."""
+
+        @cute.jit
+        def __call__(self, pG: cute.Pointer, pX: cute.Pointer, pDX: cute.Pointer, pF: cute.Pointer,
+                     pPart: cute.Pointer, pNum: cute.Pointer, pDen: cute.Pointer, total: Int32, kvecs: Int32,
+                     kvg: Int32, num_step: Int32, nthreads: Int32, num_rows: Int32, groups: Int32,
+                     f_row_vecs: Int32, tail: Int32, stream: Any):
+            # F as [rows * f_row_vecs, V] vectors: row r's K values start at vector r * f_row_vecs
+            mF = self.vectors(pF, (total // kvecs) * f_row_vecs)
+            self._launch(pG, pX, self.vectors(pDX, total), mF, pPart, pNum, pDen, total, kvecs, kvg, num_step,
+                         nthreads, num_rows, groups, f_row_vecs, tail, stream)
 
     class _Namespace:
         pass
 
     ns = _Namespace()
-    ns.Forward, ns.Backward = Forward, Backward
+    ns.Forward, ns.Backward, ns.BackwardEmitF = Forward, Backward, BackwardEmitF
     _KERNELS = ns
     return ns
 
 
 def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str, ops: Any) -> Any:
     """Add one element's coefficient-gradient terms to ``acc`` (``m+1+n`` fp32 registers) and
-    return its dx = g * dF/dx.  Plain Python run at trace time (not DSL-preprocessed), so the
+    return ``(dx, F(x))`` with dx = g * dF/dx (F(x) is dead code unless the kernel stores it).  Plain Python run at trace time (not DSL-preprocessed), so the
     branches on ``form`` are decided when the kernel is generated."""
     tr = rm.grad_terms(a, b, x, form, ops)
     m1, n = len(a), len(b)
@@ -234,7 +303,7 @@ def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str,
     for j in range(n):
         q = q * tr.base
         acc[m1 + j] = acc[m1 + j] + q
-    return g * tr.dfdx
+    return g * tr.dfdx, tr.f
 
 
 def _apply_coefficient_signs(acc: Any, m1: int, b: list, form: str, ops: Any) -> None:
@@ -259,10 +328,11 @@ def _fake_args(cfg: GroupRationalConfig, backward: bool) -> list:
     el = dsl_type(cfg.dtype)
     gmem = cute.AddressSpace.gmem
     align = cfg.vec * DTYPE_BYTES[cfg.dtype]
-    vecs = [make_ptr(el, 1 << 20, gmem, assumed_align=align) for _ in range(3 if backward else 2)]
+    emit_f = backward and cfg.emit_f
+    vecs = [make_ptr(el, 1 << 20, gmem, assumed_align=align) for _ in range((3 + emit_f) if backward else 2)]
     coefs = [make_ptr(Float32, 1 << 20, gmem, assumed_align=4) for _ in range(2)]
     part = [make_ptr(Float32, 1 << 20, gmem, assumed_align=4)] if backward else []
-    scalars = [Int32(1)] * 7
+    scalars = [Int32(1)] * (9 if emit_f else 7)
     return [*vecs, *part, *coefs, *scalars, make_fake_stream()]
 
 
@@ -280,4 +350,5 @@ def compile_backward(arch: str, options: str, **fields: Any) -> Any:
     import cutlass.cute as cute
 
     cfg = GroupRationalBwdConfig(**fields)
-    return cute.compile(_kernels().Backward(cfg), *_fake_args(cfg, True), options=options)
+    entry = _kernels().BackwardEmitF if cfg.emit_f else _kernels().Backward
+    return cute.compile(entry(cfg), *_fake_args(cfg, True), options=options)

@@ -18,6 +18,15 @@ SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl",
 _MODULE = "cutlass_kernels.rational_elementwise"
 
 
+#: direction -> (compile function, extra config fields).  ``bwdf``: the backward that also writes
+#: F(x) and the ones column (the unfused ``rational_linear`` backward's kernel).
+DIRECTIONS: dict[str, tuple[str, dict]] = {
+    "fwd": ("compile_forward", {}),
+    "bwd": ("compile_backward", {}),
+    "bwdf": ("compile_backward", {"emit_f": True}),
+}
+
+
 def variant_name(direction: str, dtype: str, form: str, vec: int) -> str:
     """e.g. ``group_rational_fwd_bf16_A_v8`` (every rational kernel's name contains 'rational')."""
     return f"group_rational_{direction}_{dtype}_{form}_v{vec}"
@@ -25,7 +34,7 @@ def variant_name(direction: str, dtype: str, form: str, vec: int) -> str:
 
 def variants() -> list[Variant]:
     out = []
-    for direction, fn in (("fwd", "compile_forward"), ("bwd", "compile_backward")):
+    for direction, (fn, extra) in DIRECTIONS.items():
         for dtype in DTYPE_NAMES:
             for form in rm.FORMS:
                 for vec in VECS[dtype]:
@@ -38,6 +47,6 @@ def variants() -> list[Variant]:
                         expect[f"STG.E{width}"] = 1
                     out.append(make_variant(
                         variant_name(direction, dtype, form, vec), f"{_MODULE}:{fn}",
-                        {"dtype": dtype, "form": form, "vec": vec},
+                        {"dtype": dtype, "form": form, "vec": vec, **extra},
                         arches=SUPPORTED_ARCHES, expect_sass=expect, sources=SOURCES))
     return out

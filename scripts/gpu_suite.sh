@@ -139,7 +139,7 @@ run_suite() {  # phases: any of build tests kbench gemm model (default: tests kb
         done ;;
       host)
         log "host overhead per launch (cProfile)"
-        (cd "$REPO" && timeout -k 10 120 "$PY" -m bench.host_overhead > "$res/host_overhead.txt" 2>&1) || true
+        (cd "$REPO" && timeout -k 10 240 "$PY" -m bench.host_overhead > "$res/host_overhead.txt" 2>&1) || true
         head -c 3000 "$res/host_overhead.txt" >&2; out_copy "$res/host_overhead.txt" ;;
       model)
         # eager first, then compiled with -x so a failure's traceback is printed before any timeout

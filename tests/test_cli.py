@@ -90,11 +90,11 @@ def test_info_reports_the_gemm_paths_where_the_kernels_run():
          "apache_tvm_ffi": "0.1.15",
          "device": {"type": "cuda", "name": "NVIDIA H100", "capability": "sm_90", "memory_bytes": 80 * 2**30},
          "ops": {"rational_linear_forward": {"backend": "cute", "why_not_cute": None}},
-         "rational_linear_gemms": {"forward": "fused", "backward": "unfused"},
+         "rational_linear_gemms": {"forward": "unfused", "backward": "unfused"},
          "kernel_cache": {"path": "/c", "exists": False}}
     text = format_info(d)
     assert "kernel launches     TVM-FFI (FUSEDKAT_TVM_FFI; apache-tvm-ffi 0.1.15)" in text
-    assert "rational_linear     forward fused (FUSEDKAT_FUSED_FWD), backward unfused (FUSEDKAT_FUSED_BWD)" in text
+    assert "rational_linear     forward unfused (FUSEDKAT_FUSED_FWD), backward unfused (FUSEDKAT_FUSED_BWD)" in text
     assert "NVIDIA H100 (sm_90, 80.0 GiB)" in text
 
 

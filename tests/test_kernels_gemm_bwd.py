@@ -206,3 +206,36 @@ def test_fused_backward_policy_follows_the_env_and_the_measured_arch_default(mon
     monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "yes please")
     with pytest.raises(ValueError, match="FUSEDKAT_FUSED_BWD='yes please'"):
         bwd_launch.enabled(cuda0)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64], ids=["fp32-weight", "same-dtype"])
+def test_unfused_backward_composition_on_cpu(monkeypatch, weight_dtype):
+    """The host side of the unfused CUDA backward (``launch._unfused_backward``), run on CPU float64
+    tensors with its one kernel launch (``launch._backward``) replaced by that kernel's contract
+    written in torch: dx/dcoefs from torch_impl, F(x) into the first K columns of ``f_out`` and
+    (1, 0, ..., 0) into the rest.  Checks the [F(x) | 1] GEMM trick, the slicing and the dtypes and
+    dense strides against torch_impl's backward; the real kernel is checked by tests/gpu."""
+    from cutlass_kernels import launch
+    from cutlass_kernels.rational_elementwise import TAIL
+    from fusedkat.ops import torch_impl
+
+    def kernel_contract(grad, x, num, den, form, f_out=None, ones_tail=False):
+        k = x.shape[-1]
+        f_out[:, :k] = torch_impl.group_rational_forward(x, num, den, form).reshape(-1, k)
+        f_out[:, k:] = 0
+        f_out[:, k] = 1 if ones_tail else float("nan")
+        return torch_impl.group_rational_backward(grad, x, num, den, form)
+
+    monkeypatch.setattr(launch, "_backward", kernel_contract)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 41, 96, generator=gen, dtype=torch.float64)
+    go = torch.randn(3 * 41, 80, generator=gen, dtype=torch.float64)
+    num, den = torch.randn(1, 6, generator=gen), torch.randn(8, 4, generator=gen)
+    w = torch.randn(80, 96, generator=gen).to(weight_dtype)
+    got = launch._unfused_backward(go, x, num.double(), den.double(), w, "B")
+    want = torch_impl.rational_linear_backward(go, x, num.double(), den.double(), w.double(), True, "B")
+    assert TAIL == 8
+    for name, a, b in zip(("dx", "dnum", "dden", "dw", "db"), got, want):
+        assert a.shape == b.shape and a.is_contiguous(), name
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-6, atol=1e-9, msg=name)
+    assert got[3].dtype == got[4].dtype == weight_dtype

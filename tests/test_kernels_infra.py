@@ -261,8 +261,9 @@ def test_registry_lists_rational_variants():
     names = [v.name for v in variants]
     assert len(names) == len(set(names))
     rational = [v for v in variants if v.name.startswith("group_rational_")]
-    # fwd+bwd x 2 forms x (bf16: 3, fp16: 3, fp32: 2 vector widths)
-    assert len(rational) == 2 * 2 * (3 + 3 + 2)
+    # fwd + bwd + bwdf (backward writing F(x)) x 2 forms x (bf16: 3, fp16: 3, fp32: 2 vector widths)
+    assert len(rational) == 3 * 2 * (3 + 3 + 2)
+    assert sum(dict(v.kwargs).get("emit_f", False) for v in rational) == 2 * (3 + 3 + 2)
     for v in variants:
         assert "rational" in v.name
         if v.target.startswith("cutlass_kernels.gemm"):
@@ -376,7 +377,11 @@ def test_stride_order_matches_torch_dim_order(make):
     assert stride_order(t) == tuple(t.dim_order())
 
 
-def _elementwise_entry(tmp_path, backward: bool, ffi: bool):
+#: the elementwise host entries: forward, backward, and the backward that also writes F(x)
+KINDS = ("forward", "backward", "backward_f")
+
+
+def _elementwise_entry(tmp_path, kind: str, ffi: bool):
     """An elementwise host entry compiled for sm_80 with placeholders, AOT-exported and loaded back."""
     import shutil
 
@@ -387,26 +392,34 @@ def _elementwise_entry(tmp_path, backward: bool, ffi: bool):
         pytest.skip("no g++ for the AOT link")
     from cutlass_kernels import runtime
 
-    target = f"cutlass_kernels.rational_elementwise:compile_{'backward' if backward else 'forward'}"
+    target = f"cutlass_kernels.rational_elementwise:compile_{'forward' if kind == 'forward' else 'backward'}"
     fields = {"dtype": "bf16", "form": "A", "m": 5, "n": 4, "vec": 8}
-    prefix = f"fk_ew_{int(backward)}{int(ffi)}"
+    if kind == "backward_f":
+        fields["emit_f"] = True
+    prefix = f"fk_ew_{KINDS.index(kind)}{int(ffi)}"
     runtime._export(runtime._compile(target, fields, "sm_80", ffi), prefix, tmp_path, ffi)
     return runtime._load(tmp_path, prefix, ffi)
 
 
-def _elementwise_problem(backward: bool):
+def _elementwise_problem(kind: str):
+    """``(vectors, part, num, den, plan, extra)``: the arguments of ``elementwise_arguments``."""
     from cutlass_kernels import launch
+    from cutlass_kernels.rational_elementwise import TAIL
 
     rows, k, g = 197, 384, 8
-    vecs = tuple(torch.zeros(rows, k, dtype=torch.bfloat16) for _ in range(3 if backward else 2))
+    vecs = tuple(torch.zeros(rows, k, dtype=torch.bfloat16) for _ in range(2 if kind == "forward" else 3))
+    extra = ()
+    if kind == "backward_f":  # F(x) with the ones-column tail: row stride (K + TAIL) / V vectors
+        vecs += (torch.zeros(rows, k + TAIL, dtype=torch.bfloat16),)
+        extra = ((k + TAIL) // 8, 1)
     num, den = torch.zeros(g, 6), torch.zeros(g, 4)
     p = launch.plan(rows * k, k, g, "bf16", 16, 132)
-    part = torch.zeros(10, p.threads) if backward else None
-    return vecs, part, num, den, p
+    part = None if kind == "forward" else torch.zeros(10, p.threads)
+    return vecs, part, num, den, p, extra
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-def test_elementwise_arguments_bind_to_the_compiled_entry(tmp_path, backward):
+@pytest.mark.parametrize("kind", KINDS)
+def test_elementwise_arguments_bind_to_the_compiled_entry(tmp_path, kind):
     """The elementwise launchers' arguments reach the compiled pointer-ABI entry in the intended
     slots (the DSL's own marshalling, no GPU), and the TVM-FFI convention passes the same values."""
     import ctypes
@@ -415,28 +428,30 @@ def test_elementwise_arguments_bind_to_the_compiled_entry(tmp_path, backward):
 
     from cutlass_kernels import launch
 
-    entry = _elementwise_entry(tmp_path, backward, ffi=False)
-    vecs, part, num, den, p = _elementwise_problem(backward)
-    args = launch.elementwise_arguments(vecs, part, num, den, p, ffi=False)
+    entry = _elementwise_entry(tmp_path, kind, ffi=False)
+    vecs, part, num, den, p, extra = _elementwise_problem(kind)
+    args = launch.elementwise_arguments(vecs, part, num, den, p, False, extra)
     exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
     values = [ctypes.cast(a, ctypes.POINTER(ctypes.c_uint64)).contents.value for a in exe]
     n_ptr = len(vecs) + (part is not None) + 2
     tensors = (*vecs, *([part] if part is not None else []), num, den)
     assert values[:n_ptr] == [t.data_ptr() for t in tensors]
-    ints = [v & 0xFFFFFFFF for v in values[n_ptr:n_ptr + 7]]
-    assert ints == [p.total, p.kvecs, p.kvg, 1, p.threads, 8, 8]
-    assert launch.elementwise_arguments(vecs, part, num, den, p, ffi=True) == (*values[:n_ptr], *ints)
+    assert len(values) == n_ptr + 7 + len(extra) + 1  # + the stream
+    ints = [v & 0xFFFFFFFF for v in values[n_ptr:n_ptr + 7 + len(extra)]]
+    assert ints == [p.total, p.kvecs, p.kvg, 1, p.threads, 8, 8, *extra]
+    assert launch.elementwise_arguments(vecs, part, num, den, p, True, extra) == (*values[:n_ptr], *ints)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="calls the entry with host addresses: CPU-only machines")
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-def test_elementwise_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, backward):
+@pytest.mark.parametrize("kind", KINDS)
+def test_elementwise_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, kind):
     """The TVM-FFI entry type-checks the launcher's ints and gets as far as CUDA (absent here);
     a missing stream fails the checks."""
     from cutlass_kernels import launch
 
-    fn = _elementwise_entry(tmp_path, backward, ffi=True)
-    args = launch.elementwise_arguments(*_elementwise_problem(backward), ffi=True)
+    fn = _elementwise_entry(tmp_path, kind, ffi=True)
+    vecs, part, num, den, p, extra = _elementwise_problem(kind)
+    args = launch.elementwise_arguments(vecs, part, num, den, p, True, extra)
     with pytest.raises(RuntimeError, match="(?i)cuda"):
         fn(*args, 0)
     with pytest.raises(TypeError, match=f"Expects {len(args) + 1} parameters"):
@@ -476,7 +491,8 @@ def test_get_kernel_returns_a_tvm_ffi_callable_through_the_disk_cache(tmp_path, 
     monkeypatch.setenv("FUSEDKAT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(runtime.ENV_AOT, raising=False)
     fields = {"dtype": "bf16", "form": "A", "m": 5, "n": 4, "vec": 8}
-    args = launch.elementwise_arguments(*_elementwise_problem(False), ffi=True)
+    vecs, part, num, den, p, _ = _elementwise_problem("forward")
+    args = launch.elementwise_arguments(vecs, part, num, den, p, True)
     for _ in range(2):
         runtime.clear_memo()
         fn = runtime.get_kernel("cutlass_kernels.rational_elementwise:compile_forward", fields, "sm_80",

@@ -40,16 +40,7 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     MLP shapes at batch 128, at the cost of two transient [M, K] buffers; on elsewhere (sm_80/86/89:
     not measured yet).
     """
-    value = os.environ.get(ENV_FUSED_BWD, "auto").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{ENV_FUSED_BWD}={value!r}: expected 1, 0 or auto")
-    if device is None or device.type != "cuda":
-        return True
-    return abi.device_info(device)[0][0] != 9
+    return abi.arch_switch(ENV_FUSED_BWD, device, off_on_majors=(9,))
 
 
 def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,

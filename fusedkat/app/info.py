@@ -76,11 +76,13 @@ def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
         return None
     from cutlass_kernels.gemm import bwd_launch, fwd_launch
 
-    try:
-        bwd = "fused" if bwd_launch.enabled(device) else "unfused"
-    except ValueError as e:  # a bad FUSEDKAT_FUSED_BWD: report it
-        bwd = f"error: {e}"
-    return {"forward": "fused" if fwd_launch.enabled() else "unfused", "backward": bwd}
+    paths = {}
+    for name, module in (("forward", fwd_launch), ("backward", bwd_launch)):
+        try:
+            paths[name] = "fused" if module.enabled(device) else "unfused"
+        except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD: report it
+            paths[name] = f"error: {e}"
+    return paths
 
 
 def _calling_convention() -> str:

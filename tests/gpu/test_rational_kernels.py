@@ -105,6 +105,33 @@ def test_backward_matches_float64(rows, k, g, form, dtype, poison):
     assert ((dden.double() - rden).abs() <= 1e-4 * s_den + 1e-6).all(), (dden, rden)
 
 
+@pytest.mark.parametrize("ones_tail", [True, False], ids=["ones-tail", "no-tail"])
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("form", ["A", "B"])
+@pytest.mark.parametrize("rows,k,g", [(197, 192, 16), (1000, 768, 8), (5, 1536, 4), (17, 96, 16), (2, 100, 4)])
+def test_backward_writes_f_and_the_ones_tail(rows, k, g, form, dtype, ones_tail):
+    """The F-emitting backward (the unfused rational_linear backward's kernel): F(x) lands in a
+    row-strided [rows, K + TAIL] buffer and matches the float64 forward; the tail columns are
+    exactly (1, 0, ..., 0) when asked for and untouched otherwise (the buffer is NaN-poisoned);
+    dx and the coefficient gradients are bit-identical to the plain backward kernel's."""
+    from cutlass_kernels.rational_elementwise import TAIL
+
+    x, num, den, grad = make_inputs(rows, k, g, dtype, seed=11 + rows * k + g)
+    f_aug = torch.full((rows, k + TAIL), float("nan"), dtype=dtype, device="cuda")
+    dx, dnum, dden = launch._backward(grad, x, num, den, form, f_out=f_aug, ones_tail=ones_tail)
+    assert_close(f_aug[:, :k], ref_forward(x, num, den, form), DTYPES[dtype], "F(x) from the backward")
+    tail = f_aug[:, k:]
+    if ones_tail:
+        want = torch.zeros(rows, TAIL, dtype=dtype, device="cuda")
+        want[:, 0] = 1
+        assert torch.equal(tail, want)
+    else:
+        assert torch.isnan(tail).all()
+    plain = launch.group_rational_backward(grad, x, num, den, form)
+    for name, a, b in zip(("dx", "dnum", "dden"), (dx, dnum, dden), plain):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("form", ["A", "B"])
 def test_per_group_numerator_and_batch_dims(form):
     x, num, den, grad = make_inputs(197, 768, 8, torch.bfloat16, shared=False, seed=3, lead=(4,))
