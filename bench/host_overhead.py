@@ -43,7 +43,8 @@ def _cases(rows: int = 8 * 197):
     }
     # the pointer-ABI launchers once more through the DSL's executor (FUSEDKAT_TVM_FFI=0): the
     # calling convention's share of the host time
-    for name in ("group_rational_forward", "group_rational_backward", "rational_linear_forward [fused]"):
+    for name in ("group_rational_forward", "group_rational_backward", "rational_linear_forward [fused]",
+                 "rational_linear_backward [fused]"):
         cases[f"{name} [DSL executor]"] = _with_env(abi.ENV_FFI, "0", cases[name])
     cases["cublas_linear (reference)"] = lambda: torch.nn.functional.linear(x, w, b)
     # a plain linear layer's backward, as autograd runs it: dgrad, wgrad, bias column sums

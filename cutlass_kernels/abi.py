@@ -1,7 +1,7 @@
 """How launchers call a compiled kernel: the pointer ABI and its two calling conventions.
 
-The launched host entries (the fused forward GEMM, the elementwise rational kernels) take only raw
-global pointers, Int32 sizes and a stream; tensors are built inside the trace.  The same entry is
+Every launched host entry (the fused forward and backward GEMMs, the elementwise rational kernels)
+takes only raw global pointers, Int32 sizes and a stream; tensors are built inside the trace.  The same entry is
 callable two ways:
 
 * **TVM-FFI** (default when ``apache-tvm-ffi`` is installed): compiled with ``--enable-tvm-ffi``;

@@ -68,6 +68,8 @@ def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
                    sass_full=meta["sass_full"], seconds=meta["seconds"], cached=hit)
         if meta["spills"]:
             row["errors"].append(f"{meta['spills']} bytes of local memory per thread (register spills)")
+        if meta.get("stack"):  # ptxas parks values on the stack (STL/LDL) without calling it a spill
+            row["errors"].append(f"{meta['stack']} bytes of stack per thread (values spilled to the stack)")
         row["errors"].extend(sass_expectation_failures(variant.expect_sass, meta["sass_full"]))
     except Exception as e:  # a compile failure is a row, not a crash of the whole check
         row["errors"].append(f"{type(e).__name__}: {e}".strip()[:2000])

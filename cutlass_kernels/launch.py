@@ -8,8 +8,9 @@ through the torch implementation — documented, and the only fallback.
 Every launcher is wrapped by :func:`cutlass_kernels.selfcheck.checked`: the first call per kernel
 key is verified against the torch implementation (a kernel never run on a GPU is not trusted).
 
-``rational_linear_*`` run the fused rational GEMMs of :mod:`cutlass_kernels.gemm` where they take
-the arguments, else the elementwise kernels composed with torch (cuBLAS) matmuls (the "unfused" path).
+``rational_linear_*`` run the fused rational GEMMs of :mod:`cutlass_kernels.gemm` where the arch
+policy picks them (``FUSEDKAT_FUSED_FWD`` / ``_BWD``) and they take the arguments, else the
+elementwise kernels composed with torch (cuBLAS) matmuls (the "unfused" path).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from fusedkat.ops import torch_impl
 
 from . import abi
 from .config import dtype_name_of
-from .rational_elementwise import GroupRationalBwdConfig, GroupRationalConfig, max_vec
+from .rational_elementwise import TAIL, GroupRationalBwdConfig, GroupRationalConfig, max_vec
 from .rational_variants import SOURCES, VECS
 from .selfcheck import checked
 
@@ -192,8 +193,9 @@ def rational_linear_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
     bias: Optional[torch.Tensor], form: str,
 ) -> torch.Tensor:
-    """``linear(F(x), weight, bias)``: the fused rational GEMM (issue 6) when it takes these
-    arguments (``FUSEDKAT_FUSED_FWD=0``: off), else the rational kernel then a torch (cuBLAS) matmul."""
+    """``linear(F(x), weight, bias)``: the fused rational GEMM where ``fwd_launch.enabled`` picks it
+    for this GPU (``FUSEDKAT_FUSED_FWD``; off by default on sm_90) and it takes these arguments, else
+    the rational kernel then a torch (cuBLAS) matmul."""
     from .gemm import fwd_launch
 
     if fwd_launch.enabled(x.device) and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
@@ -215,7 +217,7 @@ def rational_linear_backward(
         return bwd_launch.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
     k, n_out = x.shape[-1], weight.shape[0]
     go = grad_out.reshape(-1, n_out)
-    if go.dtype == x.dtype and not _unsupported(x) and x.numel() > 0:
+    if go.dtype == x.dtype and 0 < go.shape[0] * (k + TAIL) <= _INT32_MAX and x.dtype != torch.float64:
         return _unfused_backward(go, x, numerator, denominator, weight, form)
     f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
     d_weight = (go.t() @ f.to(go.dtype)).to(weight.dtype)
@@ -239,12 +241,10 @@ def _unfused_backward(go: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor
        produce the bias gradient too, so dY is not read again by a column reduction (on an H100 that
        reduction took 76 us of the 477 us of GPU time at 25216 x 768 -> 3072, bench/results/).
 
-    go ``[M, N]`` in x's dtype; returns the op's 5-tuple (d_bias always: the op's contract).  dW and
+    go ``[M, N]`` in x's dtype, ``M * (K + TAIL)`` within int32; returns the op's 5-tuple (d_bias always: the op's contract).  dW and
     db are rounded to x's dtype by the GEMM, then cast to the weight's dtype, as a plain
     ``nn.Linear`` backward under autocast does.
     """
-    from .rational_elementwise import TAIL
-
     k = x.shape[-1]
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
     f_aug = torch.empty((go.shape[0], k + TAIL), dtype=x.dtype, device=x.device)

@@ -82,15 +82,6 @@ def _ffi_function(compiled: Any) -> Callable[..., Any]:
     return fn if fn is not None else compiled
 
 
-def stride_order(t: Any) -> tuple[int, ...]:
-    """``t.dim_order()`` for the dense tensors the launchers pass (row-major or transposed views):
-    dims from largest to smallest stride, ties (size-1 dims) in index order.  torch's own
-    ``dim_order()`` is pure Python through ``_prims_common`` and cost ~45% of the fused backward's
-    host time on an H100 machine (bench/host_overhead.py); this is a sort of <= 3 items."""
-    strides = t.stride()
-    return tuple(sorted(range(len(strides)), key=lambda i: -strides[i]))
-
-
 def get_kernel(target: str, fields: dict, arch: str, sources: tuple[str, ...] = (),
                ffi: bool = False) -> Callable[..., Any]:
     """The callable for ``target`` compiled with ``fields`` for ``arch`` (see the module docstring);

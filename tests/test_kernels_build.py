@@ -84,6 +84,21 @@ def test_build_check_reports_missing_instructions_and_compile_errors(tmp_path):
     assert not row["ok"] and "fp64" in row["errors"][0]
 
 
+def test_build_check_fails_on_values_parked_on_the_stack(tmp_path, monkeypatch):
+    """ptxas can keep a value on the stack (STL/LDL, cuobjdump's STACK) while reporting no LOCAL
+    spill; the F-writing backward once did at 80 registers.  The check fails such a kernel too.
+    (A real compile whose inspection is given a stack, since no registered kernel has one.)"""
+    from cutlass_kernels import sass
+
+    real = sass.inspect_cubin
+    monkeypatch.setattr(sass, "inspect_cubin", lambda cubin: {**real(cubin), "stack": 8})
+    v = registry.make_variant("group_rational_fwd_stacktest_v1", "cutlass_kernels.rational_elementwise:compile_forward",
+                              {"dtype": "fp32", "form": "A", "vec": 1})
+    row = build_one(v, "sm_80", None)
+    assert not row["ok"] and row["spills"] == 0
+    assert row["errors"] == ["8 bytes of stack per thread (values spilled to the stack)"]
+
+
 def test_build_cli_rejects_bad_arch():
     proc = subprocess.run([sys.executable, "-m", "cutlass_kernels.build", "--arch", "hopper", "--check"],
                           capture_output=True, text=True)

@@ -92,38 +92,100 @@ def test_registered_variants_names_and_expectations():
         assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
 
-def _layout_text(t) -> str:
-    """'(shape):(stride)' of a fake or runtime CuTe tensor, without pointer / memory space."""
-    s = str(t)
-    s = s.split(" o ", 1)[1] if " o " in s else s.split(", ", 1)[1]  # runtime / fake spelling
-    return s.rstrip(">").replace("?{div=1}", "?").replace(" ", "").replace("),(", "):(")
+def _bwd_entry(tmp_path, mode: str, kernel: str, ffi: bool):
+    """A backward pointer entry compiled with placeholders, AOT-exported and loaded back (the
+    launcher's path through ``cutlass_kernels.runtime``), offline."""
+    import shutil
 
-
-@pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
-@pytest.mark.parametrize("shared", [True, False])
-def test_launcher_arguments_match_the_compiled_signature(mode, shared):
-    """The kernel is compiled once with fake tensors and called with torch tensors: their dynamic
-    modes, divisibilities and stride types must agree, or the argument packing is garbage."""
     pytest.importorskip("cutlass")
-    from cutlass_kernels.gemm.bwd_compile import fake_arguments
-    from cutlass_kernels.gemm.bwd_launch import dgrad_arguments, wgrad_arguments
-    from cutlass_kernels.gemm.bwd_sm80 import BwdConfig
+    if ffi:
+        pytest.importorskip("tvm_ffi")
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ for the AOT link")
+    from cutlass_kernels import runtime
 
+    fields = {"mode": mode, "ab_dtype": "bf16", "c_dtype": "bf16" if mode == "dgrad" else "fp32", "form": "A",
+              "m": 5, "n": 4, "shared_numerator": False, "kernel": kernel}
+    arch = "sm_90a" if kernel == "sm90" else "sm_80"
+    prefix = f"fk_bwd_{mode}_{kernel}_{int(ffi)}"
+    runtime._export(runtime._compile("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, ffi),
+                    prefix, tmp_path, ffi)
+    return runtime._load(tmp_path, prefix, ffi)
+
+
+def _bwd_problem(mode: str):
+    """Launcher arguments of one dgrad / wgrad call (CPU tensors: only addresses and sizes are read)."""
     rows, k, n_out, g = 300, 192, 768, 8
-    go, w = torch.randn(rows, n_out).bfloat16(), torch.randn(n_out, k).bfloat16()
-    x = torch.randn(rows, k).bfloat16()
-    ws = torch.empty(6, k // 8, 10)
-    num, den = torch.randn(1 if shared else g, 6), torch.randn(g, 4)
+    go, w = torch.zeros(rows, n_out, dtype=torch.bfloat16), torch.zeros(n_out, k, dtype=torch.bfloat16)
+    x = torch.zeros(rows, k, dtype=torch.bfloat16)
+    ws = torch.empty(24, k // 8, 10)
+    num, den = torch.zeros(g, 6), torch.zeros(g, 4)
     if mode == "dgrad":
-        cfg = BwdConfig("dgrad", "bf16", "bf16", shared_numerator=shared)
-        got = dgrad_arguments(go, w, torch.empty_like(x), x, ws, num, den)
-    else:
-        cfg = BwdConfig("wgrad", "bf16", "fp32", shared_numerator=shared)
-        got = wgrad_arguments(go, x, torch.empty(n_out, k), ws, num, den)
-    want = fake_arguments(cfg)[:7]
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.element_type == b.element_type, i
-        assert _layout_text(a) == _layout_text(b), (i, str(a), str(b))
+        return (go, w, torch.empty_like(x), x, ws, num, den), (rows, n_out // 8, k // 8, 24, g, g, k // g)
+    return (go, x, torch.empty(n_out, k), x, ws, num, den), (rows, n_out // 8, k // 8, 24, g, g, k // g)
+
+
+@pytest.mark.parametrize("kernel", ["sm80", "sm90"])
+@pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
+def test_launch_arguments_bind_to_the_compiled_entry(tmp_path, mode, kernel):
+    """What the launcher passes reaches the compiled backward entry in the intended slots: the
+    AOT-loaded entry packs the arguments (the DSL's own marshalling, no GPU) and each packed value
+    is the address or size meant for that parameter; TVM-FFI gets the same values as ints."""
+    import ctypes
+
+    import cuda.bindings.driver as cuda
+
+    from cutlass_kernels.gemm.bwd_launch import launch_arguments
+
+    entry = _bwd_entry(tmp_path, mode, kernel, ffi=False)
+    tensors, sizes = _bwd_problem(mode)
+    args = launch_arguments(*tensors, ffi=False)  # kept alive: exe points into these objects
+    exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
+    values = [ctypes.cast(a, ctypes.POINTER(ctypes.c_uint64)).contents.value for a in exe]
+    assert len(values) == 7 + 7 + 1
+    assert values[:7] == [t.data_ptr() for t in tensors]
+    ints = [v & 0xFFFFFFFF for v in values[7:14]]
+    assert ints == list(sizes)
+    assert launch_arguments(*tensors, ffi=True) == (*values[:7], *ints)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="calls the entry with host addresses: CPU-only machines")
+@pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
+def test_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, mode):
+    """The TVM-FFI backward entry type-checks the launcher's ints in C and only fails at the missing
+    CUDA driver; a wrong count or type fails the checks."""
+    from cutlass_kernels.gemm.bwd_launch import launch_arguments
+
+    fn = _bwd_entry(tmp_path, mode, "sm90", ffi=True)
+    args = launch_arguments(*_bwd_problem(mode)[0], ffi=True)
+    with pytest.raises(RuntimeError, match="(?i)cuda"):
+        fn(*args, 0)
+    with pytest.raises(TypeError, match="Expects 15 parameters"):
+        fn(*args)
+    with pytest.raises(TypeError, match="Mismatched type on argument #7"):
+        fn(*args[:7], 1.5, *args[8:], 0)
+
+
+def test_pointer_entry_builds_the_tensor_interface_layouts(tmp_path):
+    """PointerEntry builds, inside the trace, tensors with the layouts of the kernels' tensor
+    interface (``fake_arguments``): both compile, and to kernels with the same tensor-core, shuffle
+    and vector-memory instructions (the address arithmetic differs: 32-bit offsets from Int32
+    sizes, and with it the integer divisions' MUFU count)."""
+    pytest.importorskip("cutlass")
+    from cutlass_kernels import dsl, sass
+    from cutlass_kernels.gemm import bwd_compile
+
+    fields = {"mode": "dgrad", "ab_dtype": "bf16", "c_dtype": "bf16", "form": "A", "kernel": "sm90"}
+    counts = []
+    for i, fn in enumerate((bwd_compile.compile_variant, bwd_compile.compile_tensor_variant)):
+        compiled = fn("sm_90a", dsl.compile_options("sm_90a", tmp_path / f"dump{i}"), **fields)
+        cubin = tmp_path / f"k{i}.cubin"
+        cubin.write_bytes(dsl.compiled_cubin(compiled))
+        info = sass.inspect_cubin(cubin)
+        counts.append({op: info["sass"].get(op, 0) for op in ("HGMMA", "SHFL", "LDL", "STL")}
+                      | {op: info["sass_full"].get(op, 0) for op in ("LDG.E.128", "STG.E.128")})
+    assert counts[0] == counts[1], counts
+    assert counts[0]["HGMMA"] > 0 and counts[0]["LDG.E.128"] > 0 and counts[0]["LDL"] == 0
 
 
 class _NumpyWarp:

@@ -1,15 +1,15 @@
 """Compile the fused backward GEMM variants, with fake tensors (no GPU) or for real launches.
 
-``compile_bwd(cfg, arch)`` traces :class:`~cutlass_kernels.gemm.bwd_sm80.RationalBwdSm80` with
-symbolic shapes (M, N, K and the workspace rows are runtime values; N and K are declared divisible by
-8 so 128-bit copies are legal) and returns the compiled object.  The same compiled kernel serves
-every problem size of a variant, so the cache key is the :class:`BwdConfig` plus the arch.
+``compile_variant`` traces the :class:`PointerEntry` of a variant (M, N, K and the workspace rows
+are runtime values; N and K are multiples of 8 so 128-bit copies are legal) and returns the compiled
+object.  The same compiled kernel serves every problem size of a variant, so the cache key is the
+:class:`BwdConfig`'s fields plus the arch.
 
 The DSL is imported lazily by callers (``import fusedkat`` never imports this module).
 """
-from __future__ import annotations
+# (no "from __future__ import annotations": the DSL evaluates PointerEntry's annotations at trace time)
 
-import functools
+from typing import Any
 
 import cutlass
 import cutlass.cute as cute
@@ -21,12 +21,10 @@ SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 
 
 def fake_arguments(cfg: BwdConfig):
-    """Fake tensors with the layouts the launcher passes (see RationalBwdSm80's table).
-
-    Every tensor is compact; dynamic modes are exactly those the launcher marks dynamic with
-    ``mark_compact_shape_dynamic`` (same divisibility), so the compiled function's argument packing
-    matches the runtime tensors.  ``stride_order`` here ranks modes (0 = contiguous); K and N are
-    declared divisible by 8 so 128-bit cp.async of every row is provably aligned.
+    """Fake tensors of the kernels' tensor interface (see RationalBwdSm80's table), with the
+    layouts :class:`PointerEntry` builds: compact, ``stride_order`` ranking modes (0 = contiguous),
+    K and N divisible by 8 so 128-bit cp.async of every row is provably aligned.  For
+    :func:`compile_tensor_variant` and the tests that compare the two interfaces.
     """
     ab = dsl_dtype(cfg.ab_dtype)
     c = dsl_dtype(cfg.c_dtype)
@@ -56,24 +54,93 @@ def fake_arguments(cfg: BwdConfig):
     return mA, mB, mC, mX, ws, num, den, cutlass.Int32(8), make_fake_stream()
 
 
-@functools.lru_cache(maxsize=None)
-def compile_bwd(cfg: BwdConfig, arch: str = "sm_80"):
-    """Compile one variant for ``arch`` (e.g. "sm_80", "sm_90a"); no GPU needed."""
-    if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"the sm_80 backward GEMM targets {SUPPORTED_ARCHS}, got {arch!r}")
-    kernel = RationalBwdSm80(cfg)
-    return cute.compile(kernel, *fake_arguments(cfg), options=f"--gpu-arch {arch}")
+class PointerEntry:
+    """The launchable form of a backward kernel: raw global pointers and Int32 sizes in, the CuTe
+    tensors of :func:`fake_arguments`' table built inside the trace (same layouts, same dynamic
+    modes), so the function compiled here with placeholders (no GPU) is exactly the one launched,
+    through TVM-FFI or the DSL executor (:mod:`cutlass_kernels.abi`).
+
+    ``(pA, pB, pC, pX, pWs, pNum, pDen, M, N/8, K/8, ws_rows, groups, num_rows, group_size, stream)``:
+    dgrad: pA = dY ``[M, N]``, pB = W ``[N, K]`` (read as W^T), pC = dx ``[M, K]``, pX = x;
+    wgrad: pA = dY (read as dY^T), pB = x ``[M, K]`` (read as x^T), pC = dW ``[N, K]``, pX = x;
+    pWs = the ``[ws_rows, K/8, m+1+n]`` fp32 partials (dgrad writes them; wgrad ignores them).
+    Every tensor is row-major and compact; N and K arrive divided by 8 so the compiler knows rows
+    are 16-byte aligned (128-bit copies, TMA)."""
+
+    def __init__(self, kernel: Any, cfg: BwdConfig):
+        self.kernel = kernel
+        self.cfg = cfg
+
+    @cute.jit
+    def __call__(self, pA: cute.Pointer, pB: cute.Pointer, pC: cute.Pointer, pX: cute.Pointer,
+                 pWs: cute.Pointer, pNum: cute.Pointer, pDen: cute.Pointer, M: cutlass.Int32, N8: cutlass.Int32,
+                 K8: cutlass.Int32, ws_rows: cutlass.Int32, groups: cutlass.Int32, num_rows: cutlass.Int32,
+                 group_size: cutlass.Int32, stream):
+        cfg = self.cfg
+        m1, n, P = cfg.m + 1, cfg.n, cfg.num_params
+        N = cute.assume(N8 * 8, divby=8)
+        K = cute.assume(K8 * 8, divby=8)
+        mX = cute.make_tensor(pX, cute.make_layout((M, K), stride=(K, 1)))
+        if cutlass.const_expr(cfg.mode == "dgrad"):
+            mA = cute.make_tensor(pA, cute.make_layout((M, N), stride=(N, 1)))  # dY
+            mB = cute.make_tensor(pB, cute.make_layout((K, N), stride=(1, K)))  # W^T view of W
+            mC = cute.make_tensor(pC, cute.make_layout((M, K), stride=(K, 1)))  # dx
+        else:
+            mA = cute.make_tensor(pA, cute.make_layout((N, M), stride=(1, N)))  # dY^T view
+            mB = cute.make_tensor(pB, cute.make_layout((K, M), stride=(1, K)))  # x^T view
+            mC = cute.make_tensor(pC, cute.make_layout((N, K), stride=(K, 1)))  # dW
+            mX = mB
+        mWs = cute.make_tensor(pWs, cute.make_layout((ws_rows, K8, P), stride=(K8 * P, P, 1)))
+        if cutlass.const_expr(cfg.shared_numerator):  # one static row, as the fake tensor declares
+            mNum = cute.make_tensor(pNum, cute.make_layout((1, m1), stride=(m1, 1)))
+        else:
+            mNum = cute.make_tensor(pNum, cute.make_layout((num_rows, m1), stride=(m1, 1)))
+        mDen = cute.make_tensor(pDen, cute.make_layout((groups, n), stride=(n, 1)))
+        self.kernel(mA, mB, mC, mX, mWs, mNum, mDen, group_size, stream)
 
 
-def compile_variant(arch: str, options: str, mode: str, ab_dtype: str, c_dtype: str, form: str,
-                    m: int = 5, n: int = 4, shared_numerator: bool = True, kernel: str = "sm80"):
-    """Registry / runtime entry point (``cutlass_kernels.build`` and ``cutlass_kernels.runtime``
-    call it with ``options`` carrying the arch and, for the build, the dump dir)."""
-    if kernel == "sm90":
+def fake_pointer_arguments(cfg: BwdConfig) -> tuple:
+    """Placeholder arguments of :class:`PointerEntry` (values are never read at compile time)."""
+    from cutlass.cute.runtime import make_ptr
+
+    gmem = cute.AddressSpace.gmem
+    ab, c, f32 = dsl_dtype(cfg.ab_dtype), dsl_dtype(cfg.c_dtype), cutlass.Float32
+    # every pointer 16-byte aligned (the launcher copies a coefficient view that is not): the
+    # coefficient loads are vectorised, the tiles' 128-bit copies need it
+    ptrs = [make_ptr(dt, 1 << 20, gmem, assumed_align=16) for dt in (ab, ab, c, ab, f32, f32, f32)]
+    ints = [cutlass.Int32(v) for v in (128, 16, 16, 8, 8, 1, 16)]
+    return (*ptrs, *ints, make_fake_stream())
+
+
+def kernel_object(cfg: BwdConfig) -> Any:
+    """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90" TMA + WGMMA)."""
+    if cfg.kernel == "sm90":
         from .bwd_sm90 import RationalBwdSm90
 
-        cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64),
-                        stages=4, kernel="sm90")
-        return cute.compile(RationalBwdSm90(cfg), *fake_arguments(cfg), options=options)
-    cfg = BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
-    return cute.compile(RationalBwdSm80(cfg), *fake_arguments(cfg), options=options)
+        return RationalBwdSm90(cfg)
+    return RationalBwdSm80(cfg)
+
+
+def config_of(mode: str, ab_dtype: str, c_dtype: str, form: str, m: int = 5, n: int = 4,
+              shared_numerator: bool = True, kernel: str = "sm80") -> BwdConfig:
+    """The :class:`BwdConfig` of a registry / launcher field set (sm90: its one tile and depth)."""
+    if kernel == "sm90":
+        return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64), stages=4,
+                         kernel="sm90")
+    return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
+
+
+def compile_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Registry / runtime entry point: the :class:`PointerEntry` of ``config_of(**fields)`` compiled
+    for ``arch`` with ``options`` (:func:`cutlass_kernels.dsl.compile_options`, which carries the arch
+    and, for the build check, the dump dir; the runtime adds ``--enable-tvm-ffi``)."""
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"the backward GEMMs target {SUPPORTED_ARCHS}, got {arch!r}")
+    cfg = config_of(**fields)
+    return cute.compile(PointerEntry(kernel_object(cfg), cfg), *fake_pointer_arguments(cfg), options=options)
+
+
+def compile_tensor_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Like :func:`compile_variant` but with the tensor interface and :func:`fake_arguments`."""
+    cfg = config_of(**fields)
+    return cute.compile(kernel_object(cfg), *fake_arguments(cfg), options=options)

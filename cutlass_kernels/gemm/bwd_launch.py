@@ -11,8 +11,9 @@
 4. ``dbias = dY.sum(0)`` in fp32 (torch; a plain column reduction).
 
 Only x is needed (F(x) is recomputed inside the wgrad prologue).  The kernels are compiled on
-first use per (variant, device arch) through :func:`cutlass_kernels.runtime.get_kernel` (fake-tensor
-compile, AOT disk cache); the runtime tensors are marked dynamic exactly as the fake ones.
+first use per (variant, device arch) through :func:`cutlass_kernels.runtime.get_kernel` (AOT disk
+cache) as pointer-ABI entries (:class:`~cutlass_kernels.gemm.bwd_compile.PointerEntry`), called
+through TVM-FFI when it is installed, like every other launched kernel (:mod:`cutlass_kernels.abi`).
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     """Whether ``rational_linear``'s CUDA backward uses the fused dgrad/wgrad GEMMs (read per call).
 
     ``FUSEDKAT_FUSED_BWD=1`` / ``0`` forces them on / off.  Unset or ``auto``: off on sm_90, where the
-    H100 run of 2026-11-22 (``bench/results/``) measured the unfused backward (cuBLAS GEMMs plus the
-    elementwise CuTe kernels, F(x) recomputed) 1.04-2.25x faster than the fused one at all six KAT
-    MLP shapes at batch 128, at the cost of two transient [M, K] buffers; on elsewhere (sm_80/86/89:
-    not measured yet).
+    H100 run of 2026-11-22 (``bench/results/``) measured the unfused backward (then five kernels:
+    cuBLAS GEMMs, the elementwise CuTe kernels, F(x) recomputed) 1.04-2.25x faster than the fused
+    one at all six KAT MLP shapes at batch 128, at the cost of transient [M, K] buffers; it is three
+    kernels now (``launch._unfused_backward``).  On elsewhere (sm_80/86/89: not measured yet).
     """
     return abi.arch_switch(ENV_FUSED_BWD, device, off_on_majors=(9,))
 
@@ -80,66 +81,42 @@ def fold_partials(ws: torch.Tensor, groups: int, shared_numerator: bool, m: int)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its data is 16-byte aligned (the kernels' 128-bit copies assume it), else a
-    copy (a contiguous view at an odd offset, e.g. a slice of a flat buffer)."""
+    """``t`` itself when its data is 16-byte aligned (the kernels' 128-bit copies and vectorised
+    coefficient loads assume it), else a copy (e.g. a contiguous view at an odd offset)."""
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _cute(t: torch.Tensor, dynamic: dict[int, int]):
-    """CuTe view of a compact tensor with ``dynamic`` = {mode: divisibility} marked dynamic: the same
-    dynamic modes and divisibilities as :func:`bwd_compile.fake_arguments` declares."""
-    from cutlass.cute.runtime import from_dlpack
+def launch_arguments(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x2: torch.Tensor, ws: torch.Tensor,
+                     num: torch.Tensor, den: torch.Tensor, ffi: bool = False) -> tuple:
+    """The :class:`~cutlass_kernels.gemm.bwd_compile.PointerEntry` arguments, stream excluded:
+    ``(pA, pB, pC, pX, pWs, pNum, pDen, M, N/8, K/8, ws_rows, groups, num_rows, group_size)``.
 
-    from ..runtime import stride_order
-
-    t = t.detach()  # DLPack refuses tensors that require grad (autograd hands those to the backward)
-    ct = from_dlpack(t, assumed_align=16)
-    order = stride_order(t)
-    for mode, div in dynamic.items():
-        ct = ct.mark_compact_shape_dynamic(mode=mode, stride_order=order, divisibility=div)
-    return ct
-
-
-def _coef_arguments(ws, num32, den32):
-    shared = num32.shape[0] == 1
-    return _cute(ws, {0: 1, 1: 1}), _cute(num32, {} if shared else {0: 1}), _cute(den32, {0: 1})
-
-
-def dgrad_arguments(go, w, dx, x2, ws, num32, den32, coefs: tuple = ()) -> tuple:
-    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the dgrad kernel: dY, W^T view, dx, x, partials.
-    ``coefs``: the ``(mWs, mNum, mDen)`` views if already made (they are shared with wgrad)."""
-    return (_cute(go, {0: 1, 1: 8}), _cute(w.t(), {0: 8, 1: 8}), _cute(dx, {0: 1, 1: 8}),
-            _cute(x2, {0: 1, 1: 8}), *(coefs or _coef_arguments(ws, num32, den32)))
-
-
-def wgrad_arguments(go, x2, dw, ws, num32, den32, coefs: tuple = ()) -> tuple:
-    """``(mA, mB, mC, mX, mWs, mNum, mDen)`` of the wgrad kernel: dY^T and x^T views, dW."""
-    xt = _cute(x2.t(), {0: 8, 1: 1})
-    return (_cute(go.t(), {0: 8, 1: 1}), xt, _cute(dw, {0: 8, 1: 8}), xt,
-            *(coefs or _coef_arguments(ws, num32, den32)))
+    ``a`` = dY ``[M, N]``; ``b`` = W ``[N, K]`` (dgrad) or x ``[M, K]`` (wgrad); ``c`` = dx ``[M, K]``
+    or dW ``[N, K]``; ``x2`` = x ``[M, K]``; ``ws`` the ``[S, K/8, m+1+n]`` partials; ``num`` / ``den``
+    fp32.  All contiguous and 16-byte aligned.  Ints for TVM-FFI, DSL objects for the executor
+    (:mod:`cutlass_kernels.abi`); only addresses and sizes are read, so CPU tests can bind them."""
+    m_rows, k = x2.shape
+    n_out = a.shape[1]
+    g = den.shape[0]
+    ptrs = tuple(abi.pointer(t, 16, ffi) for t in (a, b, c, x2, ws, num, den))
+    return (*ptrs, *abi.int32s((m_rows, n_out // 8, k // 8, ws.shape[0], g, num.shape[0], k // g), ffi))
 
 
 def _use_sm90(device: torch.device) -> bool:
     """TMA + WGMMA kernels on sm_90 (unless ``FUSEDKAT_BWD_SM90=0``); mma.sync elsewhere."""
-    return torch.cuda.get_device_capability(device)[0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
+    return abi.device_info(device)[0][0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
 
 
-def _kernel(cfg, device: torch.device):
-    """Compiled kernel of ``cfg`` for the device's arch (memo, then AOT disk cache, then JIT)."""
+def _kernel(cfg, device: torch.device, ffi: bool):
+    """Compiled pointer entry of ``cfg`` for the device's arch (memo, then AOT disk cache, then JIT)."""
     from ..arch import arch_from_capability
     from ..runtime import get_kernel
     from .bwd_variants import SOURCES
 
     fields = {"mode": cfg.mode, "ab_dtype": cfg.ab_dtype, "c_dtype": cfg.c_dtype, "form": cfg.form,
               "m": cfg.m, "n": cfg.n, "shared_numerator": cfg.shared_numerator, "kernel": cfg.kernel}
-    arch = arch_from_capability(torch.cuda.get_device_capability(device))
-    return get_kernel("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, SOURCES)
-
-
-def _stream(device: torch.device):
-    import cuda.bindings.driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
+    arch = arch_from_capability(abi.device_info(device)[0])
+    return get_kernel("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, SOURCES, ffi=ffi)
 
 
 def rational_linear_backward(
@@ -157,7 +134,8 @@ def rational_linear_backward(
     ``(g, n)``; weight ``(N, K)``.  Returns ``(dx [x.shape, x.dtype], d_numerator, d_denominator,
     d_weight [weight.dtype], d_bias (N,) [weight.dtype])`` (d_bias whatever ``has_bias`` says).
     """
-    from .bwd_sm80 import CHUNK, BwdConfig
+    from .bwd_compile import config_of
+    from .bwd_sm80 import CHUNK
 
     rm.check_form(form)
     reason = unsupported_reason(grad_out, x, numerator, denominator, weight)
@@ -171,8 +149,8 @@ def rational_linear_backward(
     x2 = _aligned(x.reshape(-1, k).contiguous())
     go = _aligned(grad_out.reshape(-1, n_out).to(x.dtype).contiguous())
     w = _aligned(weight.to(x.dtype).contiguous())
-    num32 = numerator.to(torch.float32).contiguous()
-    den32 = denominator.to(torch.float32).contiguous()
+    num32 = _aligned(abi.as_f32(numerator))
+    den32 = _aligned(abi.as_f32(denominator))
     rows = x2.shape[0]
     if rows == 0:
         z = torch.zeros
@@ -181,32 +159,24 @@ def rational_linear_backward(
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
     # 1. dgrad + coefficient partials
-    if _use_sm90(x.device):
-        dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared, tile=(128, 128, 64), stages=4, kernel="sm90")
-    else:
-        dcfg = BwdConfig("dgrad", ab, ab, form, m, n, shared)
+    kernel = "sm90" if _use_sm90(x.device) else "sm80"
+    dcfg = config_of("dgrad", ab, ab, form, m, n, shared, kernel)
     s_rows = -(-rows // dcfg.tile[0]) * dcfg.ws_rows_per_tile
     # Every (row, chunk) slot has exactly one writer (see bwd_sm80), so no zero-fill is needed.
     ws = torch.empty((s_rows, k // CHUNK, dcfg.num_params), dtype=torch.float32, device=x.device)
     dx = torch.empty_like(x2)
-    import cutlass
-
-    with torch.cuda.device(x.device):  # launch on x's GPU, not on whichever is current
-        coefs = _coef_arguments(ws, num32, den32)  # host time matters: made once for both kernels
-        _kernel(dcfg, x.device)(*dgrad_arguments(go, w, dx, x2, ws, num32, den32, coefs),
-                                cutlass.Int32(k // g), _stream(x.device))
+    ffi = abi.ffi_enabled()
+    stream = abi.stream(x.device, ffi)
+    with abi.on_device(x.device):  # launch on x's GPU, not on whichever is current
+        _kernel(dcfg, x.device, ffi)(*launch_arguments(go, w, dx, x2, ws, num32, den32, ffi), stream)
     # 2. deterministic second pass
     d_num, d_den = fold_partials(ws, g, shared, m)
 
     # 3. wgrad: dW = dY^T F(x), F applied in the kernel's prologue
-    if _use_sm90(x.device):
-        wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared, tile=(128, 128, 64), stages=4, kernel="sm90")
-    else:
-        wcfg = BwdConfig("wgrad", ab, "fp32", form, m, n, shared)
+    wcfg = config_of("wgrad", ab, "fp32", form, m, n, shared, kernel)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
-    with torch.cuda.device(x.device):
-        _kernel(wcfg, x.device)(*wgrad_arguments(go, x2, dw, ws, num32, den32, coefs),
-                                cutlass.Int32(k // g), _stream(x.device))
+    with abi.on_device(x.device):
+        _kernel(wcfg, x.device, ffi)(*launch_arguments(go, x2, dw, x2, ws, num32, den32, ffi), stream)
 
     # 4. dbias
     d_bias = go.sum(dim=0, dtype=torch.float32)

@@ -214,10 +214,12 @@ def test_rational_linear_launchers(form):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_both_calling_conventions_give_the_same_bits(dtype, monkeypatch, poison):
     """TVM-FFI (ints through tvm_ffi's C ABI) and the DSL executor (cute.Pointer / Int32 / CUstream)
-    launch the same compiled code: bitwise-equal outputs for the elementwise kernels and the fused
-    forward GEMM, and both match the float64 reference."""
+    launch the same compiled code: bitwise-equal outputs for the elementwise kernels (the
+    F-writing backward included) and the fused forward and backward GEMMs, and both match the
+    float64 reference."""
     from cutlass_kernels import abi
-    from cutlass_kernels.gemm import fwd_launch
+    from cutlass_kernels.gemm import bwd_launch, fwd_launch
+    from cutlass_kernels.rational_elementwise import TAIL
 
     pytest.importorskip("tvm_ffi")
     rows, k, g, n_out = 333, 768, 8, 1536
@@ -232,8 +234,12 @@ def test_both_calling_conventions_give_the_same_bits(dtype, monkeypatch, poison)
         dx, dnum, dden = launch.group_rational_backward(grad, x, num, den, "A")
         xb = x.to(torch.bfloat16)
         fused = fwd_launch.rational_linear_forward(xb, num, den, w, b, "A")
+        f_aug = torch.full((rows, k + TAIL), float("nan"), dtype=dtype, device="cuda")
+        emitted = launch._backward(grad, x, num, den, "A", f_out=f_aug, ones_tail=True)
+        go = torch.randn(rows, n_out, device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+        fused_bwd = bwd_launch.rational_linear_backward(go.to(torch.bfloat16), xb, num, den, w, True, "A")
         torch.cuda.synchronize()
-        outs[mode] = (y, dx, dnum, dden, fused)
+        outs[mode] = (y, dx, dnum, dden, fused, f_aug, *emitted, *fused_bwd)
     for a, c in zip(outs["1"], outs["0"]):
         assert torch.equal(a, c)
     assert_close(outs["1"][0], ref_forward(x, num, den, "A"), DTYPES[dtype], "F(x)")
