@@ -17,6 +17,13 @@ computing, to keep enough bytes in flight for a memory-bound kernel.
 Backward reduction (deterministic, no atomics): thread ``t`` writes its ``m+1+n`` partial sums to
 column ``t`` of a ``[m+1+n, S]`` fp32 workspace; the launcher sums it in a fixed order on the
 device (``view(C, L, g, K/(g*V)).sum``) — a second pass over ``C*S`` floats, tiny next to x.
+
+F(x) from the backward (``emit_f``): the gradient needs F(x) anyway, so the backward can also write
+it, into a row-strided buffer with room for TAIL extra columns per row that the threads of column
+block 0 fill with ``(1, 0, ..., 0)`` after their main loop.  Vector ``t + j*S`` of x is vector
+``fvec0 + j * (S/kvecs) * f_row_vecs`` of that buffer (S is a multiple of kvecs), an index carried
+through the loop: no division per vector (one per vector cost registers, and ptxas then parked a
+value on the stack).
 """
 # (no "from __future__ import annotations": the DSL evaluates the kernels' annotations at trace time)
 
