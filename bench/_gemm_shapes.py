@@ -1,4 +1,5 @@
-"""What the GPU GEMM suites (bench_gemm_fwd, bench_gemm_bwd) share: KAT MLP shapes and availability."""
+"""What the GPU GEMM suites (bench_gemm_fwd, bench_gemm_bwd) share: KAT MLP shapes, availability, and
+how their summaries print numbers."""
 from __future__ import annotations
 
 import pytest
@@ -27,3 +28,8 @@ def mlp_cases():
     for model, d in KAT_DIMS.items():
         yield pytest.param(model, d, 4 * d, id=f"KAT-{model}-fc1")
         yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
+
+
+def fmt(value: float, spec: str) -> str:
+    """A number for the suites' summary tables; ``-`` for NaN (an implementation not in the run)."""
+    return "-" if value != value else format(value, spec)

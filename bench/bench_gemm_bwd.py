@@ -7,20 +7,25 @@ Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128 * 197 tokens; K -> N = D 
 * ``cublas_linear_bwd`` — the floor: the two cuBLAS GEMMs of a plain linear backward
   (``dX = dY W``, ``dW = dY^T X``) plus ``dY.sum(0)``; no rational at all.  Goal: fused <= 1.2x.
 * ``unfused`` — ``cutlass_kernels.launch.rational_linear_backward`` with ``FUSEDKAT_FUSED_BWD=0``:
-  F(x) recomputed by the elementwise kernel, cuBLAS GEMMs, the rational backward kernel.
+  cuBLAS ``G = dY W``, the elementwise backward writing dx, the coefficient partials and
+  ``[F(x) | 1]``, then one cuBLAS GEMM for dW and db together.
 * ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward` (dgrad with the
   F'(x) epilogue + deterministic partials, wgrad with the F prologue).
 
 ``extra_info`` holds the shape and the ratio inputs; with ``--benchmark-disable`` each function runs
 once and the fused result is checked against the unfused one (so this file is also a GPU test).
+``python -m bench.bench_gemm_bwd RESULTS.json`` prints the goal ratios per shape (:func:`summarize`).
 """
 from __future__ import annotations
 
+import json
+import sys
+from collections import defaultdict
 
 import pytest
 import torch
 
-from bench._gemm_shapes import BATCH, GROUPS, TOKENS
+from bench._gemm_shapes import BATCH, GROUPS, TOKENS, fmt
 from bench._gemm_shapes import gemm_kernels_available as _available, mlp_cases as _cases
 from bench._harness import bench_size, measure
 
@@ -142,3 +147,41 @@ def test_layer_train_step(benchmark, impl, model, k, n_out):
     y = measure(benchmark, fn, group=f"layer_step_{model}_{k}x{n_out}", impl=impl, device=x.device,
                 model=f"KAT-{model}", rows=x.shape[0], k=k, n=n_out)
     assert torch.isfinite(y.float()).all()
+
+
+def summarize(data: dict) -> str:
+    """Markdown table of a ``--benchmark-json`` run: per KAT shape the medians (ms) of the backward
+    implementations and of the layer train steps, the goal ratios against a plain linear backward
+    (issue 7: <= 1.2x), fused vs unfused, and GR-KAN vs Linear+GELU step time and peak memory."""
+    by_shape: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bm in data["benchmarks"]:
+        group, info = str(bm.get("group", "")), bm.get("extra_info", {})
+        for prefix in ("gemm_bwd_", "layer_step_"):
+            if group.startswith(prefix):
+                key = ("step_" if prefix == "layer_step_" else "") + str(info.get("impl"))
+                by_shape[group[len(prefix):]][key] = {"s": bm["stats"]["median"], "mem": info.get("peak_mem_bytes")}
+
+    lines = ["| shape | " + " | ".join(f"{i} ms" for i in IMPLS) + " | unfused/linear | fused/linear | fused/unfused"
+             " | GR-KAN/Linear+GELU step | step peak mem ratio |", "|" + "---|" * (len(IMPLS) + 6)]
+    for shape, r in sorted(by_shape.items()):
+        def ms(i):
+            return r[i]["s"] * 1e3 if i in r else float("nan")
+
+        def ratio(a, b, field="s"):
+            ok = a in r and b in r and r[a][field] and r[b][field]
+            return r[a][field] / r[b][field] if ok else float("nan")
+
+        lines.append(f"| {shape} | " + " | ".join(fmt(ms(i), ".3f") for i in IMPLS)
+                     + f" | {fmt(ratio('unfused', 'cublas_linear_bwd'), '.2f')}"
+                     + f" | {fmt(ratio('fused', 'cublas_linear_bwd'), '.2f')}"
+                     + f" | {fmt(ratio('fused', 'unfused'), '.2f')}"
+                     + f" | {fmt(ratio('step_grkan', 'step_linear_gelu'), '.2f')}"
+                     + f" | {fmt(ratio('step_grkan', 'step_linear_gelu', 'mem'), '.2f')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m bench.bench_gemm_bwd RESULTS.json")
+    with open(sys.argv[1]) as fh:
+        print(summarize(json.load(fh)))

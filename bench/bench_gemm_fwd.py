@@ -26,7 +26,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from bench._gemm_shapes import BATCH, GROUPS, TOKENS
+from bench._gemm_shapes import BATCH, GROUPS, TOKENS, fmt
 from bench._gemm_shapes import gemm_kernels_available as _available, mlp_cases as _cases
 from bench._harness import bench_size, measure
 
@@ -115,9 +115,9 @@ def summarize(data: dict) -> str:
         def ratio(a, b):
             return r[a]["s"] / r[b]["s"] if a in r and b in r else float("nan")
 
-        lines.append(f"| {group[9:]} | " + " | ".join(f"{t(i):.0f}" for i in IMPLS)
-                     + f" | {ratio('fused', 'cublas_linear'):.2f} | {ratio('unfused', 'fused'):.2f}"
-                     + f" | {ratio('inductor_max_autotune', 'fused'):.2f} |")
+        lines.append(f"| {group[9:]} | " + " | ".join(fmt(t(i), ".0f") for i in IMPLS)
+                     + f" | {fmt(ratio('fused', 'cublas_linear'), '.2f')} | {fmt(ratio('unfused', 'fused'), '.2f')}"
+                     + f" | {fmt(ratio('inductor_max_autotune', 'fused'), '.2f')} |")
     return "\n".join(lines)
 
 

@@ -69,7 +69,8 @@ def host_overhead_lines(path: str) -> Optional[list[str]]:
             text = f.read()
     except OSError:
         return None
-    keep = re.compile(r"^(== |\w[\w ()]*: [\d.]+ us of GPU work)")
+    # "== ..." headers and "<case>: N us of GPU work" lines; case names may carry "[fused]" etc.
+    keep = re.compile(r"^(== |\w[\w ()\[\]-]*: [\d.]+ us of GPU work)")
     return [line.strip() for line in text.splitlines() if keep.match(line)]
 
 

@@ -17,6 +17,8 @@ HOST = """== rational_linear_forward: host 188.7 us/call, GPU stream 188.4 us/ca
       200    0.005    0.000    0.082    0.000 fwd_launch.py:242(rational_linear_forward)
 == kernel time per call at rows=25216, K=768, N=3072 (torch.profiler, 20 calls)
 rational_linear_forward: 374.1 us of GPU work per call (kernel_a: 370.5)
+rational_linear_backward [unfused]: 390.2 us of GPU work per call (nvjet_a: 152.0, kernel_b: 60.1)
+cublas_linear_backward (reference): 377.0 us of GPU work per call (nvjet_a: 151.0)
 """
 
 
@@ -47,7 +49,8 @@ def test_summary_counts_tests_compacts_benchmarks_and_reports_cut_off_phases(res
     assert row["median_ms"] == pytest.approx(0.35) and row["rounds"] == 7 and "data" not in row
     assert row["extra_info"]["rows"] == 25216
     assert "gemm_bwd" not in s and any("model_step.json" in m for m in s["missing"])
-    assert s["host_overhead"] == [HOST.splitlines()[0], HOST.splitlines()[3], HOST.splitlines()[4]]
+    lines = HOST.splitlines()
+    assert s["host_overhead"] == [lines[0], lines[3], lines[4], lines[5], lines[6]]
 
 
 def test_cli_writes_the_file_and_rejects_a_missing_folder(results_dir, tmp_path, capsys):

@@ -121,3 +121,41 @@ def test_real_benchmark_json_renders(tmp_path):
     assert all(b["extra_info"]["peak_mem_method"] for b in data["benchmarks"])
     md = report.render(data)
     assert "## activation" in md and _lines_starting(md.split("## activation")[1], "| grkan |")
+
+
+def _gemm_bench(group: str, impl: str, median_s: float, **info) -> dict:
+    return {"name": f"test[{group}-{impl}]", "group": group, "stats": {"median": median_s},
+            "extra_info": {"impl": impl, **info}}
+
+
+def test_gemm_suites_summaries_state_the_goal_ratios():
+    """bench_gemm_fwd / bench_gemm_bwd's ``summarize``: per shape the goal ratios of issues 6 and 7,
+    computed from the medians of one run; an implementation missing from the run prints '-'."""
+    from bench import bench_gemm_bwd, bench_gemm_fwd
+
+    bwd = {"benchmarks": [
+        _gemm_bench("gemm_bwd_T_192x768", "cublas_linear_bwd", 1.0e-4),
+        _gemm_bench("gemm_bwd_T_192x768", "unfused", 1.1e-4),
+        _gemm_bench("gemm_bwd_T_192x768", "fused", 4.4e-4),
+        _gemm_bench("layer_step_T_192x768", "linear_gelu", 2.0e-4, peak_mem_bytes=400),
+        _gemm_bench("layer_step_T_192x768", "grkan", 3.0e-4, peak_mem_bytes=300),
+        _gemm_bench("gemm_bwd_B_768x3072", "cublas_linear_bwd", 5.0e-4),
+        _gemm_bench("gemm_bwd_B_768x3072", "unfused", 6.0e-4),
+    ]}
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in bench_gemm_bwd.summarize(bwd).splitlines()}
+    t = rows["| T_192x768"]
+    assert t[1:4] == ["0.100", "0.110", "0.440"]
+    assert t[4:9] == ["1.10", "4.40", "4.00", "1.50", "0.75 |"]
+    b = rows["| B_768x3072"]
+    assert b[3] == "-" and b[4] == "1.20" and b[5] == "-" and b[7] == "-"
+
+    fwd = {"benchmarks": [
+        _gemm_bench("gemm_fwd_peak", "peak", 1.0, flops=600e12),
+        _gemm_bench("gemm_fwd_T_192x768", "cublas_linear", 1.0e-4, flops=2e9),
+        _gemm_bench("gemm_fwd_T_192x768", "unfused", 1.5e-4, flops=2e9),
+        _gemm_bench("gemm_fwd_T_192x768", "fused", 3.0e-4, flops=2e9),
+    ]}
+    text = bench_gemm_fwd.summarize(fwd)
+    assert text.startswith("measured bf16 peak (torch.mm): 600 TFLOP/s")
+    line = next(ln for ln in text.splitlines() if ln.startswith("| T_192x768"))
+    assert line.split(" | ")[-3:] == ["3.00", "0.50", "- |"]
