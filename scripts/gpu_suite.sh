@@ -136,11 +136,16 @@ run_suite() {  # phases: any of build tests kbench gemm model (default: tests kb
           (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" "$PY" -m pytest "$f" -q -rfE -p no:cacheprovider \
               -o addopts="" --benchmark-json "$res/$name.json" > "$res/$name.txt" 2>&1) || rc_gemm=$?
           tail -5 "$res/$name.txt" >&2; out_copy "$res/$name.txt"
+          # the goal ratios per shape, from this run's medians (bench_gemm_*.summarize)
+          (cd "$REPO" && "$PY" -m "bench.$name" "$res/$name.json" 2>&1 | tee "$res/${name}_summary.md" >&2) || true
+          out_copy "$res/${name}_summary.md"
         done ;;
       host)
         log "host overhead per launch (cProfile)"
         (cd "$REPO" && timeout -k 10 240 "$PY" -m bench.host_overhead > "$res/host_overhead.txt" 2>&1) || true
-        head -c 3000 "$res/host_overhead.txt" >&2; out_copy "$res/host_overhead.txt" ;;
+        head -c 3000 "$res/host_overhead.txt" >&2
+        grep "us of GPU work" "$res/host_overhead.txt" >&2 || true  # the per-kernel split, whole
+        out_copy "$res/host_overhead.txt" ;;
       model)
         # eager first, then compiled with -x so a failure's traceback is printed before any timeout
         log "KAT vs ViT training steps (bf16 autocast, batch 64, 224^2)"; rc_model=0
