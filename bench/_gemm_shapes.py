@@ -2,6 +2,10 @@
 how their summaries print numbers."""
 from __future__ import annotations
 
+import json
+import sys
+from typing import Callable
+
 import pytest
 import torch
 
@@ -33,3 +37,11 @@ def mlp_cases():
 def fmt(value: float, spec: str) -> str:
     """A number for the suites' summary tables; ``-`` for NaN (an implementation not in the run)."""
     return "-" if value != value else format(value, spec)
+
+
+def summary_cli(module: str, summarize: Callable[[dict], str], argv: list[str]) -> None:
+    """``python -m bench.<module> RESULTS.json``: print ``summarize`` of a --benchmark-json file."""
+    if len(argv) != 1:
+        sys.exit(f"usage: python -m bench.{module} RESULTS.json")
+    with open(argv[0]) as fh:
+        print(summarize(json.load(fh)))

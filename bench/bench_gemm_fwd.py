@@ -19,14 +19,13 @@ function runs once and the fused result is checked against the unfused one (also
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 
 import pytest
 import torch
 
-from bench._gemm_shapes import BATCH, GROUPS, TOKENS, fmt
+from bench._gemm_shapes import BATCH, GROUPS, TOKENS, fmt, summary_cli
 from bench._gemm_shapes import gemm_kernels_available as _available, mlp_cases as _cases
 from bench._harness import bench_size, measure
 
@@ -122,7 +121,4 @@ def summarize(data: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m bench.bench_gemm_fwd RESULTS.json")
-    with open(sys.argv[1]) as fh:
-        print(summarize(json.load(fh)))
+    summary_cli("bench_gemm_fwd", summarize, sys.argv[1:])
