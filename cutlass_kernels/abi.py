@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -36,18 +36,27 @@ def ffi_available() -> bool:
     return _FFI_IMPORTABLE[0]
 
 
-def ffi_enabled() -> bool:
-    """The calling convention launches use now (see the module docstring)."""
-    value = os.environ.get(ENV_FFI, "auto").strip().lower()
+def forced(env: str) -> Optional[bool]:
+    """An ``auto`` / on / off switch read from ``env`` now: True for ``1`` (or true/yes/on), False for
+    ``0`` (false/no/off), None when unset or ``auto``; anything else is a ValueError."""
+    value = os.environ.get(env, "auto").strip().lower()
+    if value in _ON:
+        return True
     if value in _OFF:
         return False
-    if value in _ON:
-        if not ffi_available():
-            raise RuntimeError(f"{ENV_FFI}={value}: TVM-FFI launches need `pip install apache-tvm-ffi`")
-        return True
     if value not in ("", "auto"):
-        raise ValueError(f"{ENV_FFI}={value!r}: expected 1, 0 or auto")
-    return ffi_available()
+        raise ValueError(f"{env}={value!r}: expected 1, 0 or auto")
+    return None
+
+
+def ffi_enabled() -> bool:
+    """The calling convention launches use now (see the module docstring)."""
+    choice = forced(ENV_FFI)
+    if choice is None:
+        return ffi_available()
+    if choice and not ffi_available():
+        raise RuntimeError(f"{ENV_FFI}=1: TVM-FFI launches need `pip install apache-tvm-ffi`")
+    return choice
 
 
 _DSL: dict[str, Any] = {}  # DSL objects for the executor convention, looked up once
@@ -90,16 +99,12 @@ def stream(device: torch.device, ffi: bool) -> Any:
 
 
 def arch_switch(env: str, device: Any, off_on_majors: Sequence[int]) -> bool:
-    """An on/off choice read from ``env`` per call: ``1`` / ``0`` force it; unset or ``auto``: off on
+    """An on/off choice read from ``env`` per call (:func:`forced`): ``1`` / ``0`` force it; ``auto``: off on
     CUDA devices whose compute-capability major is in ``off_on_majors`` (where it was measured
     slower), on elsewhere (CPU tensors, a device of None).  Anything else is a ValueError."""
-    value = os.environ.get(env, "auto").strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    if value not in ("", "auto"):
-        raise ValueError(f"{env}={value!r}: expected 1, 0 or auto")
+    choice = forced(env)
+    if choice is not None:
+        return choice
     if device is None or device.type != "cuda":
         return True
     return device_info(device)[0][0] not in off_on_majors

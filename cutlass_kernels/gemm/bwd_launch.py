@@ -107,14 +107,13 @@ def _use_sm90(device: torch.device) -> bool:
     return abi.device_info(device)[0][0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
 
 
-def _kernel(cfg, device: torch.device, ffi: bool):
-    """Compiled pointer entry of ``cfg`` for the device's arch (memo, then AOT disk cache, then JIT)."""
+def _kernel(fields: dict, device: torch.device, ffi: bool):
+    """Compiled pointer entry of ``config_of(**fields)`` for the device's arch (memo, then AOT disk
+    cache, then JIT)."""
     from ..arch import arch_from_capability
     from ..runtime import get_kernel
     from .bwd_variants import SOURCES
 
-    fields = {"mode": cfg.mode, "ab_dtype": cfg.ab_dtype, "c_dtype": cfg.c_dtype, "form": cfg.form,
-              "m": cfg.m, "n": cfg.n, "shared_numerator": cfg.shared_numerator, "kernel": cfg.kernel}
     arch = arch_from_capability(abi.device_info(device)[0])
     return get_kernel("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, SOURCES, ffi=ffi)
 
@@ -159,8 +158,10 @@ def rational_linear_backward(
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
     # 1. dgrad + coefficient partials
-    kernel = "sm90" if _use_sm90(x.device) else "sm80"
-    dcfg = config_of("dgrad", ab, ab, form, m, n, shared, kernel)
+    common = {"form": form, "m": m, "n": n, "shared_numerator": shared,
+              "kernel": "sm90" if _use_sm90(x.device) else "sm80"}
+    dgrad = {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, **common}
+    dcfg = config_of(**dgrad)
     s_rows = -(-rows // dcfg.tile[0]) * dcfg.ws_rows_per_tile
     # Every (row, chunk) slot has exactly one writer (see bwd_sm80), so no zero-fill is needed.
     ws = torch.empty((s_rows, k // CHUNK, dcfg.num_params), dtype=torch.float32, device=x.device)
@@ -168,15 +169,15 @@ def rational_linear_backward(
     ffi = abi.ffi_enabled()
     stream = abi.stream(x.device, ffi)
     with abi.on_device(x.device):  # launch on x's GPU, not on whichever is current
-        _kernel(dcfg, x.device, ffi)(*launch_arguments(go, w, dx, x2, ws, num32, den32, ffi), stream)
+        _kernel(dgrad, x.device, ffi)(*launch_arguments(go, w, dx, x2, ws, num32, den32, ffi), stream)
     # 2. deterministic second pass
     d_num, d_den = fold_partials(ws, g, shared, m)
 
     # 3. wgrad: dW = dY^T F(x), F applied in the kernel's prologue
-    wcfg = config_of("wgrad", ab, "fp32", form, m, n, shared, kernel)
     dw = torch.empty((n_out, k), dtype=torch.float32, device=x.device)
+    wgrad = {"mode": "wgrad", "ab_dtype": ab, "c_dtype": "fp32", **common}
     with abi.on_device(x.device):
-        _kernel(wcfg, x.device, ffi)(*launch_arguments(go, x2, dw, x2, ws, num32, den32, ffi), stream)
+        _kernel(wgrad, x.device, ffi)(*launch_arguments(go, x2, dw, x2, ws, num32, den32, ffi), stream)
 
     # 4. dbias
     d_bias = go.sum(dim=0, dtype=torch.float32)

@@ -46,7 +46,7 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     elsewhere (sm_80/86/89: not measured yet).  Why off on Hopper: the H100 run of 2026-11-22
     (``bench/results/``, run 7) measured, at 25216 x 768 -> 3072, 370 us of GPU time for the fused
     kernel against 171 + 30 us for cuBLAS plus the elementwise rational kernel, and 99 us of host
-    time per call against 18 + 50 us.  The prologue is ALU-bound: F costs ~18 FP32-pipe
+    time per call against 18 + 50 us.  The prologue is ALU-bound: F costs ~15 FP32/ALU
     instructions per element and is recomputed for every N tile, which at a 256-wide tile is as
     much issue time as the tile's WGMMAs; the kernel does not yet hide one behind the other (see
     the cutlass_kernels README, "Cost model of the fused prologue").
