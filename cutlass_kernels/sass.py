@@ -88,3 +88,78 @@ def inspect_cubin(cubin: Path) -> dict:
         "sass_full": full_opcode_counts(text),
         "functions": sorted(usage),
     }
+
+
+# ---------------------------------------------------------------------------- per-role SASS (issue 15)
+# e.g. "        /*1b30*/              @!P0 BRA 0x9ca0 ;"  (address, predicate, opcode+modifiers, operands)
+_INSN_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)([^;]*);")
+_BRA_TARGET_RE = re.compile(r"0x([0-9a-f]+)")
+
+#: Which instruction marks which role's main loop (the smallest loop that holds one).  The transform
+#: of an F = identity variant has no MUFU.RCP: its loop is the smallest one with a shared store that
+#: holds no HGMMA.
+ROLE_MARKERS: dict[str, str] = {"producer": "UTMALDG", "transform": "MUFU.RCP", "consumer": "HGMMA"}
+
+
+def instructions(sass: str) -> list[tuple[int, bool, str, str]]:
+    """``(address, predicated, opcode with modifiers, operands)`` of every instruction, in order."""
+    return [(int(a, 16), bool(p), op, args.strip()) for a, p, op, args in _INSN_RE.findall(sass)]
+
+
+def loops(insns: list[tuple[int, bool, str, str]]) -> list[tuple[int, int]]:
+    """Index ranges ``[first, last]`` of the loops of the main body: one per backward ``BRA``.
+
+    Branches placed after the function's last unpredicated ``EXIT`` are ignored: ptxas puts the
+    retry stubs of mbarrier waits there, and their jump back into a loop is not a loop."""
+    exits = [i for i, (_, pred, op, _) in enumerate(insns) if op == "EXIT" and not pred]
+    end = exits[-1] if exits else len(insns)
+    index = {addr: i for i, (addr, *_rest) in enumerate(insns)}
+    out = []
+    for i, (addr, _pred, op, args) in enumerate(insns[:end]):
+        if op.split(".")[0] != "BRA":
+            continue
+        m = _BRA_TARGET_RE.search(args)
+        if m and int(m.group(1), 16) < addr and int(m.group(1), 16) in index:
+            out.append((index[int(m.group(1), 16)], i))
+    return out
+
+
+def _has(insns: list, first: int, last: int, prefix: str) -> bool:
+    return any(op == prefix or op.startswith(prefix + ".") for _, _, op, _ in insns[first:last + 1])
+
+
+def role_counts(sass: str) -> dict[str, collections.Counter]:
+    """Full-opcode counts of each role's main loop body in a warp-specialized kernel's SASS.
+
+    Returns ``{"producer": Counter, "transform": Counter, "consumer": Counter}`` (a role absent
+    from the kernel, e.g. the consumer of a ``_nomma`` variant, is left out).  A role's loop is
+    the smallest backward-branch loop (:func:`loops`) holding its marker (:data:`ROLE_MARKERS`);
+    for an F = identity transform, the smallest loop with an ``STS`` and no ``HGMMA``.  The counts
+    are static instructions of one iteration of that loop -- one k-tile -- including any small
+    loop nested in it (e.g. the transform's group-advance loop) once.  Keys are full opcodes
+    (``HGMMA.64x192x16.F32.BF16``, ``LDS.128``); use :func:`base_counts` to fold modifiers.
+    """
+    insns = instructions(sass)
+    found = loops(insns)
+    out: dict[str, collections.Counter] = {}
+    for role, marker in ROLE_MARKERS.items():
+        cands = [(b - a, a, b) for a, b in found if _has(insns, a, b, marker)]
+        if not cands and role == "transform":
+            cands = [(b - a, a, b) for a, b in found
+                     if _has(insns, a, b, "STS") and not _has(insns, a, b, "HGMMA") and not _has(insns, a, b, "UTMALDG")]
+        if cands:
+            _, a, b = min(cands)
+            out[role] = collections.Counter(op for _, _, op, _ in insns[a:b + 1])
+    return out
+
+
+def base_counts(counts: collections.Counter) -> collections.Counter:
+    """Fold modifiers: ``{"LDS.128": 2, "LDS": 1} -> {"LDS": 3}``."""
+    out: collections.Counter = collections.Counter()
+    for op, c in counts.items():
+        out[op.split(".")[0]] += c
+    return out
+
+
+#: Opcodes that make an integer division (or its float-reciprocal emulation) in a loop body.
+DIVISION_OPCODES: tuple[str, ...] = ("I2F", "F2I", "IMAD.HI", "I2FP")

@@ -117,3 +117,47 @@ def compile_tensor_variant(arch: str, options: str, **fields: Any) -> Any:
     """Like :func:`compile_variant` but with the tensor interface and fake tensors."""
     obj, cfg = _kernel_for(fields, arch)
     return cute.compile(obj, *fake_arguments(cfg), options=options)
+
+
+# ---------------------------------------------------------------------------- sm90ws (issue 15)
+class PointerEntryWs(PointerEntry):
+    """:class:`PointerEntry` of the persistent warp-specialized kernel: one more Int32, ``ctas``
+    (the persistent grid, the launcher passes ``min(SM count, tiles)``), after ``group_size``."""
+
+    @cute.jit
+    def __call__(self, pA: cute.Pointer, pB: cute.Pointer, pC: cute.Pointer, pBias: cute.Pointer,
+                 pNum: cute.Pointer, pDen: cute.Pointer, M: cutlass.Int32, N8: cutlass.Int32, K8: cutlass.Int32,
+                 lda8: cutlass.Int32, groups: cutlass.Int32, num_rows: cutlass.Int32, group_size: cutlass.Int32,
+                 ctas: cutlass.Int32, stream):
+        m1, n = self.cfg.m + 1, self.cfg.n
+        N = cute.assume(N8 * 8, divby=8)
+        K = cute.assume(K8 * 8, divby=8)
+        lda = cute.assume(lda8 * 8, divby=8)
+        mA = cute.make_tensor(pA, cute.make_layout((M, K), stride=(lda, 1)))
+        mB = cute.make_tensor(pB, cute.make_layout((N, K), stride=(K, 1)))
+        mC = cute.make_tensor(pC, cute.make_layout((M, N), stride=(N, 1)))
+        mBias = cute.make_tensor(pBias, cute.make_layout(N))
+        mNum = cute.make_tensor(pNum, cute.make_layout((num_rows, m1), stride=(m1, 1)))
+        mDen = cute.make_tensor(pDen, cute.make_layout((groups, n), stride=(n, 1)))
+        self.kernel(mA, mB, mC, mBias, mNum, mDen, group_size, ctas, stream)
+
+
+def ws_config(fields: dict) -> Any:
+    """The :class:`~cutlass_kernels.gemm.ws_config.WsFwdConfig` of registry/launcher ``fields``
+    (``kernel`` dropped)."""
+    from .ws_config import WsFwdConfig
+
+    return WsFwdConfig(**{k: v for k, v in fields.items() if k != "kernel"})
+
+
+def compile_ws_variant(arch: str, options: str, **fields: Any) -> Any:
+    """Registry / runtime entry of the warp-specialized sm_90a kernel (``kernel="sm90ws"``): its
+    :class:`PointerEntryWs` compiled with placeholder pointers (no GPU needed)."""
+    if not normalize_arch(arch).startswith("sm_90"):
+        raise ValueError(f"the sm90ws kernel is built for sm_90a only, got {arch}")
+    from .fwd_sm90ws import RationalGemmFwdSm90Ws
+
+    cfg = ws_config(fields)
+    args = fake_pointer_arguments(cfg)
+    args = (*args[:-1], cutlass.Int32(132), args[-1])
+    return cute.compile(PointerEntryWs(RationalGemmFwdSm90Ws(cfg), cfg), *args, options=options)
