@@ -8,7 +8,11 @@ instructions.  This is the kernels' CI on GPU-less machines.
 Rows (printed as a table, written as JSON with ``--json``)::
 
     {"kernel", "arch", "registers", "spills", "sass": {"LDG": n, "HMMA": n, ...}, "seconds",
-     "cached", "ok", "errors": [...], "expect": {...}, "sass_full": {...}}
+     "cached", "ok", "errors": [...], "expect": {...}, "sass_full": {...}[, "roles": {...}]}
+
+``roles`` (variants with a ``role_check``, e.g. the warp-specialized sm90ws forward): the full-opcode
+counts of each role's main loop, ``{"producer"|"transform"|"consumer": {opcode: n}}``
+(:func:`cutlass_kernels.sass.role_counts`), checked by the variant's own function.
 
 ``seconds`` is the compile time when the entry was built (also for cache hits, read from the
 entry); ``cached`` says whether this run reused it.  Exit status 1 when ``--check`` and any row
@@ -29,7 +33,7 @@ from typing import Optional
 
 from .arch import DEFAULT_BUILD_ARCHES, normalize_arch
 from .cache import CompileCache, dsl_version, make_key, source_fingerprint
-from .registry import Variant, all_variants, sass_expectation_failures
+from .registry import Variant, all_variants, role_check_failures, sass_expectation_failures
 
 
 def _build_entry(variant: Variant, arch: str, out_dir: Path) -> dict:
@@ -46,8 +50,16 @@ def _build_entry(variant: Variant, arch: str, out_dir: Path) -> dict:
     if ptx:
         (out_dir / "kernel.ptx").write_text(ptx)
     info = sass.inspect_cubin(cubin_path)
+    if variant.role_check:
+        info["roles"] = _roles(cubin_path)
     info.update(seconds=round(seconds, 3), kernel=variant.name, arch=arch, dsl_version=dsl_version())
     return info
+
+
+def _roles(cubin: Path) -> dict[str, dict[str, int]]:
+    from . import sass
+
+    return {role: dict(sorted(c.items())) for role, c in sass.role_counts(sass.sass_text(cubin)).items()}
 
 
 def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
@@ -63,7 +75,9 @@ def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
                 meta = _build_entry(variant, arch, Path(tmp))
             hit = False
         else:
-            _, meta, hit = CompileCache(cache_dir).get_or_build(key, lambda d: _build_entry(variant, arch, d))
+            entry, meta, hit = CompileCache(cache_dir).get_or_build(key, lambda d: _build_entry(variant, arch, d))
+            if variant.role_check and "roles" not in meta:  # an entry built before the role check
+                meta = {**meta, "roles": _roles(entry / "kernel.cubin")}
         row.update(registers=meta["registers"], spills=meta["spills"], sass=meta["sass"],
                    sass_full=meta["sass_full"], seconds=meta["seconds"], cached=hit)
         if meta["spills"]:
@@ -71,6 +85,9 @@ def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
         if meta.get("stack"):  # ptxas parks values on the stack (STL/LDL) without calling it a spill
             row["errors"].append(f"{meta['stack']} bytes of stack per thread (values spilled to the stack)")
         row["errors"].extend(sass_expectation_failures(variant.expect_sass, meta["sass_full"]))
+        if variant.role_check:
+            row["roles"] = meta["roles"]
+            row["errors"].extend(role_check_failures(variant, meta["roles"]))
     except Exception as e:  # a compile failure is a row, not a crash of the whole check
         row["errors"].append(f"{type(e).__name__}: {e}".strip()[:2000])
         row["traceback"] = traceback.format_exc()[-4000:]
@@ -97,6 +114,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         keys = ("HGMMA", "HMMA", "LDG", "STG", "MUFU", "LDL", "STL")
         ins = " ".join(f"{k}={r['sass'][k]}" for k in keys if r["sass"].get(k))
+        if r.get("roles"):  # per-role loop sizes (instructions per k-tile)
+            ins += " loops:" + ",".join(f"{role}={sum(c.values())}" for role, c in sorted(r["roles"].items()))
         note = "; ".join(r["errors"]) if r["errors"] else ins
         sec = f"{r['seconds']:.2f}" if r["seconds"] is not None else "-"
         regs = r["registers"] if r["registers"] is not None else "-"

@@ -37,6 +37,9 @@ class Variant:
     arches: tuple[str, ...] = DEFAULT_BUILD_ARCHES
     expect_sass: tuple[tuple[str, int], ...] = ()
     sources: tuple[str, ...] = ()
+    #: ``"module:function"`` checking the per-role SASS (:func:`cutlass_kernels.sass.role_counts`):
+    #: ``function(roles: dict[str, dict[str, int]], fields: dict) -> list[str]`` of failures.
+    role_check: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.target:
@@ -64,6 +67,7 @@ def make_variant(
     arches: Iterable[str] = DEFAULT_BUILD_ARCHES,
     expect_sass: Optional[dict[str, int]] = None,
     sources: Iterable[str] = (),
+    role_check: str = "",
 ) -> Variant:
     """Convenience constructor taking dicts."""
     return Variant(
@@ -73,7 +77,16 @@ def make_variant(
         arches=tuple(arches),
         expect_sass=tuple(sorted((expect_sass or {}).items())),
         sources=tuple(sources),
+        role_check=role_check,
     )
+
+
+def role_check_failures(variant: Variant, roles: dict[str, dict[str, int]]) -> list[str]:
+    """Messages of the variant's per-role SASS check (none when it has no ``role_check``)."""
+    if not variant.role_check:
+        return []
+    mod, fn = variant.role_check.split(":")
+    return list(getattr(importlib.import_module(mod), fn)(roles, variant.kwargs_dict))
 
 
 def all_variants(modules: Iterable[str] = VARIANT_MODULES) -> tuple[list[Variant], list[str]]:

@@ -48,8 +48,8 @@ Tails: TMA zero-fills rows >= M and W rows >= N; F(0) != 0 lands only in rows th
 K % 64 == 0 (the launcher checks it).
 
 Register budget (``ptxas`` via the build check; the cubin reports the launch cap 128 = 64K / 512):
-producer 40, transform 104 (bN=192) / 168 (bN=128), consumers 184 / 152 (64 x bN fp32
-accumulator: 96 / 64 registers).  40 + T + 2 C = 512 in both.
+producer 40, transform 104, consumers 184 (64 x bN fp32 accumulator: 96 registers at bN=192, 64
+at 128).  40 + 104 + 2 x 184 = 512.
 """
 
 import cutlass
@@ -180,7 +180,7 @@ class RationalGemmFwdSm90Ws:
                         m_t += 1
                 raw.producer_tail(prod)
         elif wg == 1:
-            cute.arch.setmaxregister_decrease(r_tran)
+            cute.arch.setmaxregister_decrease(r_tran)  # r_tran < LAUNCH_REGS (ws_config)
             self._transform_role(tidx - 128, raw, tring, sA, sT, sCoef, copy_T, group_size,
                                  t_begin, t_end, k_tiles)
         else:

@@ -59,9 +59,36 @@ def fwd_variants() -> list[Variant]:
     return out
 
 
+WS_TARGET = "cutlass_kernels.gemm.fwd_compile:compile_ws_variant"
+WS_SOURCES: tuple[str, ...] = SOURCES + ("cutlass_kernels.gemm.fwd_sm90ws", "cutlass_kernels.gemm.ws_config")
+
+
+def ws_variants() -> list[Variant]:
+    """The warp-specialized sm_90a forward (issue 15): both dtypes and forms at bN = 192, bf16 form
+    A at bN = 128, and the diagnostic variants ``_fid`` (F = identity) and ``_nomma`` (no MMA).
+    Per-role SASS expectations are checked by :func:`cutlass_kernels.gemm.ws_check.role_failures`."""
+    from .ws_config import WsFwdConfig
+
+    cfgs = [WsFwdConfig(dtype=d, form=f) for d in ("bf16", "fp16") for f in rm.FORMS]
+    cfgs += [WsFwdConfig(bn=128), WsFwdConfig(identity=True), WsFwdConfig(mma=False),
+             WsFwdConfig(bn=128, identity=True), WsFwdConfig(bn=128, mma=False)]
+    out = []
+    for cfg in cfgs:
+        fields = {k: v for k, v in cfg.to_dict().items() if k != "family"}
+        expect = {"UTMALDG": 2}
+        if cfg.mma:  # (ptxas drops the setmaxnreg of a kernel without WGMMA)
+            expect.update(HGMMA=4, USETMAXREG=3)
+        if not cfg.identity:
+            expect["MUFU.RCP"] = 64
+        out.append(make_variant(cfg.variant_name(), WS_TARGET, {"kernel": "sm90ws", **fields}, arches=("sm_90a",),
+                                sources=WS_SOURCES, expect_sass=expect,
+                                role_check="cutlass_kernels.gemm.ws_check:role_failures"))
+    return out
+
+
 def variants() -> list[Variant]:
     """Every fused GEMM variant (forward here, backward from :mod:`.bwd_variants`)."""
-    out = fwd_variants()
+    out = fwd_variants() + ws_variants()
     try:
         from .bwd_variants import variants as bwd_variants
     except ModuleNotFoundError as e:  # the backward module not present: forward only

@@ -20,9 +20,12 @@ BM = 128
 BK = 64
 #: Threads: warpgroup 0 = producer (warp 0 issues TMA), 1 = transform, 2-3 = consumers.
 NUM_THREADS = 512
+#: Registers per thread at launch: 64K / 512 threads.
+LAUNCH_REGS = 65536 // NUM_THREADS
 #: ``setmaxnreg`` per role, by tile width: (producer, transform, consumer).  They must sum (x 128
-#: threads, consumers twice) to at most the 64K registers of an SM: 40 + T + 2 C <= 512.
-REGS: dict[int, tuple[int, int, int]] = {128: (40, 168, 152), 192: (40, 104, 184)}
+#: threads, consumers twice) to at most the 64K registers of an SM: 40 + T + 2 C <= 512.  A target
+#: below :data:`LAUNCH_REGS` is a ``setmaxnreg.dec``, above it an ``.inc``.
+REGS: dict[int, tuple[int, int, int]] = {128: (40, 104, 184), 192: (40, 104, 184)}
 #: Diagnostic suffixes (reachable from the build and the benchmark, not from dispatch).
 SUFFIX_IDENTITY = "_fid"
 SUFFIX_NOMMA = "_nomma"
@@ -61,6 +64,9 @@ class WsFwdConfig(KernelConfig):
             raise ValueError(f"need stages >= 2 and ring >= 2, got {self.stages}, {self.ring}")
         if self.identity and not self.mma:
             raise ValueError("identity and no-MMA together measure nothing")
+        p, t, c = self.regs
+        if p + t + 2 * c > 4 * LAUNCH_REGS or not (p < LAUNCH_REGS and t < LAUNCH_REGS < c):
+            raise ValueError(f"register split {self.regs} does not fit 4 warpgroups x {LAUNCH_REGS}")
         if self.smem_bytes() > 227 * 1024:
             raise ValueError(f"{self.smem_bytes()} bytes of shared memory: lower stages/ring")
 

@@ -121,7 +121,9 @@ def denominator(b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
     if form == "A":
         return _horner_no_constant([ops.abs(c) for c in b], ops.abs(x)) + 1.0
     if form == "B":
-        return ops.abs(_horner_no_constant(list(b), x)) + 1.0
+        # |x t| written as |x| |t| (the same IEEE value): one FMA with |.| operand modifiers in
+        # the kernels instead of a multiply and an add (issue 15's transform budget)
+        return ops.abs(horner(list(b), x)) * ops.abs(x) + 1.0
     return check_form(form)
 
 

@@ -1,0 +1,69 @@
+"""Per-role SASS checks of the warp-specialized sm_90a forward (``registry.Variant.role_check``).
+
+Cheap to import (no DSL).  Input: the per-role loop counts of :func:`cutlass_kernels.sass.role_counts`
+(one k-tile of each role's main loop, full opcodes) and the variant's fields.  The limits:
+
+* consumer (absent exactly when ``mma=False``): ``BK/16 = 4`` HGMMA per k-tile and at most
+  :data:`MAX_CONSUMER_OTHER` other instructions (barrier waits / arrives, descriptor and stage
+  bookkeeping);
+* transform: no integer division (no I2F / F2I / IMAD.HI, and exactly one MUFU.RCP per element
+  -- a MUFU-based divide would add more), and at most :data:`MAX_SLOTS_PER_ELEMENT` instructions
+  per element for F (each of the 128 transform threads handles 64 elements per k-tile);
+* producer: the two TMA loads (x and W) per k-tile.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: Elements of one k-tile per transform thread (128 x 64 / 128).
+ELEMENTS_PER_THREAD = 64
+#: Issue slots per element for F in the transform loop (issue 15: "at most ~13.5").
+MAX_SLOTS_PER_ELEMENT = 13.5
+#: Non-HGMMA instructions the consumer loop may hold per k-tile.
+MAX_CONSUMER_OTHER = 96
+#: HGMMA per k-tile: bK / 16.
+HGMMA_PER_KTILE = 4
+_DIVISION = ("I2F", "F2I", "IMAD.HI", "I2FP")
+
+
+def _count(counts: dict[str, int], prefix: str) -> int:
+    return sum(n for op, n in counts.items() if op == prefix or op.startswith(prefix + "."))
+
+
+def slots_per_element(roles: dict[str, dict[str, int]]) -> float:
+    """Instructions of one transform k-tile per element."""
+    return sum(roles["transform"].values()) / ELEMENTS_PER_THREAD
+
+
+def role_failures(roles: dict[str, dict[str, int]], fields: dict[str, Any]) -> list[str]:
+    """Messages for every role property the SASS misses (empty: the kernel passes)."""
+    out = []
+    mma, identity = fields.get("mma", True), fields.get("identity", False)
+    for role in ("producer", "transform") + (("consumer",) if mma else ()):
+        if role not in roles:
+            out.append(f"no {role} loop found in the SASS")
+    if not mma and "consumer" in roles:
+        out.append("a no-MMA variant has an HGMMA loop")
+    if "consumer" in roles and mma:
+        c = roles["consumer"]
+        hgmma = _count(c, "HGMMA")
+        other = sum(c.values()) - hgmma
+        if hgmma != HGMMA_PER_KTILE:
+            out.append(f"consumer loop: {hgmma} HGMMA per k-tile, expected {HGMMA_PER_KTILE}")
+        if other > MAX_CONSUMER_OTHER:
+            out.append(f"consumer loop: {other} non-HGMMA instructions per k-tile (limit {MAX_CONSUMER_OTHER})")
+    if "transform" in roles:
+        t = roles["transform"]
+        for op in _DIVISION:
+            if _count(t, op):
+                out.append(f"transform loop holds {op} (integer division)")
+        rcp = _count(t, "MUFU.RCP")
+        want = 0 if identity else ELEMENTS_PER_THREAD
+        if rcp != want:
+            out.append(f"transform loop: {rcp} MUFU.RCP per k-tile, expected {want} (one per element)")
+        slots = slots_per_element(roles)
+        if not identity and slots > MAX_SLOTS_PER_ELEMENT:
+            out.append(f"transform loop: {slots:.2f} issue slots per element (limit {MAX_SLOTS_PER_ELEMENT})")
+    if "producer" in roles and _count(roles["producer"], "UTMALDG") != 2:
+        out.append(f"producer loop: {_count(roles['producer'], 'UTMALDG')} UTMALDG per k-tile, expected 2")
+    return out
