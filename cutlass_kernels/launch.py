@@ -14,6 +14,7 @@ elementwise kernels composed with torch (cuBLAS) matmuls (the "unfused" path).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -188,7 +189,12 @@ def _get(cfg: GroupRationalConfig, fn: str, device: torch.device, ffi: bool):
     return get_kernel(f"{_MODULE}:{fn}", fields, _arch(device), SOURCES, ffi=ffi)
 
 
-@checked
+def _forward_route() -> tuple:
+    """The env knobs that pick the kernel behind ``rational_linear_forward`` (part of its self-check key)."""
+    return os.environ.get("FUSEDKAT_FUSED_FWD", ""), os.environ.get("FUSEDKAT_FWD_KERNEL", "")
+
+
+@checked(route=_forward_route)
 def rational_linear_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
     bias: Optional[torch.Tensor], form: str,

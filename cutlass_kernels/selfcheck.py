@@ -105,9 +105,15 @@ def compare(out: Any, ref: Any, compute: Optional[torch.dtype] = None) -> Option
     return None
 
 
-def checked(fn: Callable) -> Callable:
+def checked(fn: Optional[Callable] = None, *, route: Optional[Callable[[], Any]] = None) -> Callable:
     """Wrap a launcher of :mod:`cutlass_kernels.launch` so its first call per kernel key is verified
-    against the same-named function of :mod:`fusedkat.ops.torch_impl` (see the module docstring)."""
+    against the same-named function of :mod:`fusedkat.ops.torch_impl` (see the module docstring).
+
+    ``route()`` (optional, called per launch, cheap) returns what else selects the kernel -- e.g. the
+    env knobs choosing between the fused kernels -- and becomes part of the key, so switching a knob
+    in-process checks the newly selected kernel too.  ``@checked`` or ``@checked(route=...)``."""
+    if fn is None:
+        return functools.partial(checked, route=route)
     reference = getattr(torch_impl, fn.__name__)
 
     @functools.wraps(fn)
@@ -115,6 +121,8 @@ def checked(fn: Callable) -> Callable:
         if not enabled():
             return fn(*args)
         key = kernel_key(fn.__name__, args)
+        if route is not None:
+            key += (route(),)
         with _lock:
             verdict = _verdicts.get(key)
         if verdict == "bad":

@@ -8,6 +8,10 @@
   16-byte aligned base and row stride -- a row-strided view like ``x[:, :K]`` is used in place), the
   weight is used as is when contiguous and of x's dtype; coefficients go to fp32, the bias to an
   fp32 vector (zeros when absent: one compiled variant serves both).
+* On sm_90a the persistent warp-specialized kernel (:mod:`.fwd_sm90ws`, config
+  :func:`ws_candidates`, grid :func:`ws_ctas`) runs unless ``FUSEDKAT_FWD_KERNEL=sm90`` picks the
+  first WGMMA kernel (benchmarks); ``auto`` still runs the unfused path on sm_90 (:func:`enabled`)
+  until a GPU has measured the new kernel.
 * The config (kernel class, tile, stages, group alignment) comes from :func:`heuristic` on
   ``(M, N, K, g)`` and the device; with ``FUSEDKAT_GEMM_AUTOTUNE=1`` (or ``autotune=True``) the
   candidates of :func:`candidates` are timed once per problem key and the winner is cached in
@@ -32,7 +36,12 @@ from .. import abi
 
 ENV_AUTOTUNE = "FUSEDKAT_GEMM_AUTOTUNE"
 ENV_FUSED_FWD = "FUSEDKAT_FUSED_FWD"
+#: Which sm_90a fused forward runs: ``sm90ws`` (default: the persistent warp-specialized kernel of
+#: :mod:`.fwd_sm90ws`) or ``sm90`` (the first WGMMA kernel, kept for benchmarks).
+ENV_FWD_KERNEL = "FUSEDKAT_FWD_KERNEL"
+HOPPER_KERNELS = ("sm90ws", "sm90")
 TARGET = "cutlass_kernels.gemm.fwd_compile:compile_variant"
+WS_TARGET = "cutlass_kernels.gemm.fwd_compile:compile_ws_variant"
 MAX_GROUPS = 64  # = common.MAX_GROUPS (not imported: that module imports the DSL)
 _DT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _TUNED: dict[str, dict] = {}
@@ -52,6 +61,30 @@ def enabled(device: Optional[torch.device] = None) -> bool:
     the cutlass_kernels README, "Cost model of the fused prologue").
     """
     return abi.arch_switch(ENV_FUSED_FWD, device, off_on_majors=(9,))
+
+
+def hopper_kernel() -> str:
+    """``$FUSEDKAT_FWD_KERNEL`` read now: ``sm90ws`` (unset) or ``sm90``; anything else is a ValueError."""
+    value = os.environ.get(ENV_FWD_KERNEL, "").strip().lower() or HOPPER_KERNELS[0]
+    if value not in HOPPER_KERNELS:
+        raise ValueError(f"{ENV_FWD_KERNEL}={value!r}: expected one of {HOPPER_KERNELS}")
+    return value
+
+
+def ws_candidates(n_out: int, k: int) -> list[dict]:
+    """Configs of the warp-specialized sm_90a kernel (registry ``fields``) for this N and K
+    (empty when K % 64 != 0): the bN that pads no columns first (192 where N % 192 == 0), then 128."""
+    if k % 64:
+        return []
+    from .ws_config import pick_bn
+
+    widths = (192, 128) if pick_bn(n_out) == 192 else (128, 192)
+    return [{"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 2} for bn in widths]
+
+
+def ws_ctas(m_rows: int, n_out: int, bn: int, sm_count: int) -> int:
+    """Persistent grid of the sm90ws kernel: one CTA per SM, never more CTAs than tiles."""
+    return max(1, min(sm_count, -(-m_rows // 128) * -(-n_out // bn)))
 
 
 def kernel_arch(device: torch.device) -> Optional[str]:
@@ -124,8 +157,9 @@ def _cache_file() -> Path:
     return Path(CompileCache().root) / "gemm_fwd_autotune.json"
 
 
-def _tune_key(arch: str, dtype: str, form: str, m: int, n: int, shape: tuple[int, int, int, int]) -> str:
-    return "|".join(map(str, (arch, dtype, form, m, n, *shape)))
+def _tune_key(arch: str, dtype: str, form: str, m: int, n: int, shape: tuple[int, int, int, int],
+              family: str = "") -> str:
+    return "|".join(map(str, (arch, dtype, form, m, n, *shape) + ((family,) if family else ())))
 
 
 _TUNED_LOADED: list[bool] = []  # non-empty once the file was read (no file read per launch)
@@ -158,15 +192,19 @@ def _fields(cfg: dict, dtype: str, form: str, m: int, n: int) -> dict:
 
 def _kernel(fields: dict, arch: str, ffi: bool) -> Any:
     from ..runtime import get_kernel
-    from .variants import SOURCES
+    from .variants import SOURCES, WS_SOURCES
 
+    if fields.get("kernel") == "sm90ws":
+        return get_kernel(WS_TARGET, fields, arch, WS_SOURCES, ffi=ffi)
     return get_kernel(TARGET, fields, arch, SOURCES, ffi=ffi)
 
 
 def launch_arguments(x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
-                     num: torch.Tensor, den: torch.Tensor, ffi: bool = False) -> tuple:
+                     num: torch.Tensor, den: torch.Tensor, ffi: bool = False, ctas: Optional[int] = None) -> tuple:
     """The pointer-ABI arguments of :class:`~cutlass_kernels.gemm.fwd_compile.PointerEntry`, stream
-    excluded: ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, lda/8, groups, num_rows, group_size)``.
+    excluded: ``(pA, pB, pC, pBias, pNum, pDen, M, N/8, K/8, lda/8, groups, num_rows, group_size)``,
+    plus ``ctas`` (the persistent grid) for the sm90ws entry
+    (:class:`~cutlass_kernels.gemm.fwd_compile.PointerEntryWs`).
 
     x2 ``[M, K]`` (row stride a multiple of 8), w ``[N, K]``, y ``[M, N]`` in the MMA dtype; bias,
     num, den fp32.  Ints for TVM-FFI, DSL objects for the executor (:mod:`cutlass_kernels.abi`).
@@ -177,12 +215,13 @@ def launch_arguments(x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: t
     g = den.shape[0]
     ptrs = (abi.pointer(x2, 16, ffi), abi.pointer(w, 16, ffi), abi.pointer(y, 16, ffi), abi.pointer(bias, 16, ffi),
             abi.pointer(num, 4, ffi), abi.pointer(den, 4, ffi))
-    return (*ptrs, *abi.int32s((m_rows, n_out // 8, k // 8, x2.stride(0) // 8, g, num.shape[0], k // g), ffi))
+    ints = (m_rows, n_out // 8, k // 8, x2.stride(0) // 8, g, num.shape[0], k // g)
+    return (*ptrs, *abi.int32s(ints if ctas is None else (*ints, ctas), ffi))
 
 
 def _launch(fn: Any, x2: torch.Tensor, w: torch.Tensor, y: torch.Tensor, bias: torch.Tensor,
-            num: torch.Tensor, den: torch.Tensor, ffi: bool) -> None:
-    fn(*launch_arguments(x2, w, y, bias, num, den, ffi), abi.stream(x2.device, ffi))
+            num: torch.Tensor, den: torch.Tensor, ffi: bool, ctas: Optional[int] = None) -> None:
+    fn(*launch_arguments(x2, w, y, bias, num, den, ffi, ctas), abi.stream(x2.device, ffi))
 
 
 def _rows_ok(t: torch.Tensor) -> bool:
@@ -226,27 +265,32 @@ def _autotune(key: str, cands: list[dict], run_with: Any) -> dict:
     if best is None:
         raise RuntimeError("fused GEMM autotune: no candidate config ran")
     with _TUNE_LOCK:
-        _TUNED[key] = {**best, "tile": list(best["tile"]), "atoms": list(best["atoms"]), "ms": best_ms}
+        _TUNED[key] = {**{f: list(v) if isinstance(v, tuple) else v for f, v in best.items()}, "ms": best_ms}
         _save_tuned()
     return best
 
 
 def choose_config(x2: torch.Tensor, weight: torch.Tensor, denominator: torch.Tensor, form: str, m: int, n: int,
                   autotune: Optional[bool] = None, run_with: Any = None) -> dict:
-    """The config for this problem: the autotuned one when cached/enabled, else :func:`heuristic`."""
+    """The config for this problem: the autotuned one when cached/enabled, else :func:`heuristic`
+    -- on sm_90a with ``FUSEDKAT_FWD_KERNEL`` unset or ``sm90ws`` (and K % 64 == 0) the first of
+    :func:`ws_candidates`, autotune choosing among those and the older kernels' candidates."""
     arch = kernel_arch(x2.device)
     m_rows, k = x2.shape
     n_out, g = weight.shape[0], denominator.shape[0]
     if autotune is None:
         autotune = os.environ.get(ENV_AUTOTUNE, "0") not in ("0", "", "false")
-    key = _tune_key(arch, _DT[x2.dtype], form, m, n, (m_rows, n_out, k, g))
+    ws = ws_candidates(n_out, k) if arch == "sm_90a" and hopper_kernel() == "sm90ws" else []
+    key = _tune_key(arch, _DT[x2.dtype], form, m, n, (m_rows, n_out, k, g), "sm90ws" if ws else "")
     with _TUNE_LOCK:
         _load_tuned()
         hit = _TUNED.get(key)
     if hit is not None:
         return {f: tuple(v) if isinstance(v, list) else v for f, v in hit.items() if f != "ms"}
     if autotune and run_with is not None:
-        return _autotune(key, candidates(arch, k, k // g), run_with)
+        return _autotune(key, ws + candidates(arch, k, k // g), run_with)
+    if ws:
+        return ws[0]
     sm_count = abi.device_info(x2.device)[1]
     return heuristic(m_rows, n_out, k, g, arch, sm_count)
 
@@ -314,7 +358,10 @@ def forward_unchecked(x: torch.Tensor, numerator: torch.Tensor, denominator: tor
     ffi = abi.ffi_enabled()
 
     def run_with(cfg: dict) -> None:
-        _launch(_kernel(_fields(cfg, dtype, form, m, n), arch, ffi), x2, w, y, b, num, den, ffi)
+        ctas = None
+        if cfg.get("kernel") == "sm90ws":
+            ctas = ws_ctas(x2.shape[0], n_out, cfg["bn"], abi.device_info(x.device)[1])
+        _launch(_kernel(_fields(cfg, dtype, form, m, n), arch, ffi), x2, w, y, b, num, den, ffi, ctas)
 
     with abi.on_device(x.device):  # the kernels launch into the current device's context (kat#28)
         cfg = config if config is not None else choose_config(x2, w, den, form, m, n, autotune, run_with)
