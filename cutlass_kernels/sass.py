@@ -92,7 +92,7 @@ def inspect_cubin(cubin: Path) -> dict:
 
 # ---------------------------------------------------------------------------- per-role SASS (issue 15)
 # e.g. "        /*1b30*/              @!P0 BRA 0x9ca0 ;"  (address, predicate, opcode+modifiers, operands)
-_INSN_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)([^;]*);")
+_INSN_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)([^;]*);")
 _BRA_TARGET_RE = re.compile(r"0x([0-9a-f]+)")
 
 #: Which instruction marks which role's main loop (the smallest loop that holds one).  The transform

@@ -156,3 +156,33 @@ def test_kernels_take_their_math_from_rational_math(tmp_path, monkeypatch):
     rel.compile_backward(arch="sm_80", options=dsl.compile_options("sm_80", tmp_path / "b"), dtype="fp32", form="A", vec=1)
     # one call per element of the unrolled vectors: U=4 x V=1 (forward), U=2 x V=1 (backward)
     assert calls == {"forward": 4, "grad_terms": 2}
+
+
+def test_ws_forward_roles_hold_in_the_sass(build_rows):
+    """The warp-specialized sm_90a forward (issue 15), per role, in every variant the registry
+    builds: the consumer loop is 4 HGMMA plus bookkeeping, the transform loop has one MUFU.RCP per
+    element, no integer division and <= 13.5 slots per element, the producer issues 2 TMA loads;
+    the diagnostic variants really lack the MMA (``_nomma``) or F (``_fid``)."""
+    from cutlass_kernels.gemm import ws_check
+
+    _, rows = build_rows
+    ws = [r for r in rows if r["kernel"].startswith("rational_gemm_fwd_sm90ws_")]
+    assert len(ws) >= 9 and {r["arch"] for r in ws} == {"sm_90a"}
+    for r in ws:
+        roles = r["roles"]
+        assert r["ok"] and r["spills"] == 0 and r["registers"] == 128, r["kernel"]
+        assert r["sass"].get("STL", 0) == 0 and r["sass"].get("LDL", 0) == 0
+        t = roles["transform"]
+        assert not any(op.startswith(("I2F", "F2I", "IMAD.HI")) for op in t), (r["kernel"], t)
+        rcp = sum(n for op, n in t.items() if op.startswith("MUFU.RCP"))
+        if r["kernel"].endswith("_nomma"):
+            assert "consumer" not in roles and r["sass"].get("HGMMA", 0) == 0
+        else:
+            hgmma = sum(n for op, n in roles["consumer"].items() if op.startswith("HGMMA"))
+            assert hgmma == 4 and sum(roles["consumer"].values()) - hgmma <= ws_check.MAX_CONSUMER_OTHER
+        if r["kernel"].endswith("_fid"):
+            assert rcp == 0
+        else:
+            assert rcp == ws_check.ELEMENTS_PER_THREAD
+            assert ws_check.slots_per_element(roles) <= ws_check.MAX_SLOTS_PER_ELEMENT, r["kernel"]
+        assert sum(n for op, n in roles["producer"].items() if op.startswith("UTMALDG")) == 2

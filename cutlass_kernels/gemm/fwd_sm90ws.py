@@ -324,14 +324,14 @@ class RationalGemmFwdSm90Ws:
         full = (m_t + 1) * BM <= rows and (n_t + 1) * self.bN <= cols
         out = cute.make_fragment_like(acc, self.dtype)
         if full:
-            for i in cutlass.range_constexpr(cute.size(acc)):
+            for i in cutlass.range_constexpr(cute.size(acc)):  # (unroll_full put 8 bytes on the stack)
                 out[i] = (acc[i] + mBias[tCcC[i][1]]).to(self.dtype)
             cute.autovec_copy(out, tCgC)
         else:
             last_col = cols - 1
-            for i in cutlass.range_constexpr(cute.size(acc)):
+            for i in cutlass.range_constexpr(cute.size(acc)):  # (unroll_full put 8 bytes on the stack)
                 out[i] = (acc[i] + mBias[cutlass.min(tCcC[i][1], last_col)]).to(self.dtype)
-            for i in cutlass.range_constexpr(cute.size(acc)):
+            for i in cutlass.range_constexpr(cute.size(acc)):  # (unroll_full put 8 bytes on the stack)
                 if tCcC[i][0] < rows and tCcC[i][1] < cols:
                     tCgC[i] = out[i]
 
