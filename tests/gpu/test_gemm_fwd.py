@@ -31,7 +31,11 @@ SHAPES = [
     (256, 1536, 200, 16, True),
     (1000, 3072, 768, 1, False),
     (1, 768, 3072, 2, True),
+    (4133, 768, 3072, 8, True),  # 33 x 16 tiles: several per persistent CTA, one M tail
 ]
+IS_SM90 = torch.cuda.get_device_capability()[0] == 9
+#: On sm_90 both fused WGMMA kernels are tested (FUSEDKAT_FWD_KERNEL); elsewhere only the default.
+HOPPER_KERNELS = fwd_launch.HOPPER_KERNELS if IS_SM90 else fwd_launch.HOPPER_KERNELS[:1]
 
 
 def _inputs(m_rows, k, n_out, g, shared, dtype, seed=0):
@@ -59,15 +63,19 @@ def _check(y, x, num, den, w, b, form):
 
 
 def _configs():
-    """Every config the heuristic / autotune can pick on this device for K = 768 (the kernels)."""
+    """Every config the heuristic / autotune can pick on this device for K = 768 (the kernels),
+    the warp-specialized sm_90a kernel's (both N tiles, at groups of 96 and 24) included."""
     arch = fwd_launch.kernel_arch(torch.device("cuda"))
-    return fwd_launch.candidates(arch, 768, 96) + fwd_launch.candidates(arch, 768, 24)
+    ws = [{**c, "group_size": gs} for c in fwd_launch.ws_candidates(264, 768) for gs in (96, 24)] if IS_SM90 else []
+    return ws + fwd_launch.candidates(arch, 768, 96) + fwd_launch.candidates(arch, 768, 24)
 
 
+@pytest.mark.parametrize("hopper", HOPPER_KERNELS)
 @pytest.mark.parametrize("form", ["A", "B"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fused_forward_matches_float64_reference(shape, dtype, form):
+def test_fused_forward_matches_float64_reference(shape, dtype, form, hopper, monkeypatch):
+    monkeypatch.setenv(fwd_launch.ENV_FWD_KERNEL, hopper)
     x, num, den, w, b = _inputs(*shape, dtype)
     y = fwd_launch.rational_linear_forward(x, num, den, w, b, form)
     assert y.shape == (shape[0], shape[2]) and y.dtype == dtype
@@ -75,6 +83,8 @@ def test_fused_forward_matches_float64_reference(shape, dtype, form):
 
 
 def _config_id(c):
+    if c["kernel"] == "sm90ws":
+        return f"sm90ws_n{c['bn']}_gs{c['group_size']}"
     return f"{c['kernel']}_{'x'.join(map(str, c['tile']))}_ga{c['group_align']}_{c.get('prologue', 'regs')}"
 
 
@@ -83,7 +93,8 @@ def _config_id(c):
 def test_every_config_is_correct_and_writes_exactly_the_output(cfg, form):
     """Poisoned output: every element of [M, N] written, nothing past it (NaN guard rows)."""
     m_rows, k, n_out = 333, 768, 264
-    g = 768 // (96 if cfg["group_align"] == 16 else 24)
+    cfg = dict(cfg)
+    g = 768 // (cfg.pop("group_size") if "group_size" in cfg else 96 if cfg["group_align"] == 16 else 24)
     x, num, den, w, b = _inputs(m_rows, k, n_out, g, False, torch.bfloat16, seed=1)
     buf = torch.full((m_rows + 64, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
     y = fwd_launch.rational_linear_forward(x, num, den, w, b, form, config=cfg, out=buf[:m_rows])
@@ -146,4 +157,46 @@ def test_autotune_picks_a_candidate_and_caches_it(tmp_path, monkeypatch):
     _check(y, x, num, den, w, b, "A")
     assert (tmp_path / "gemm_fwd_autotune.json").exists()
     (entry,) = fwd_launch._TUNED.values()
-    assert entry["ms"] > 0 and entry["kernel"] in ("sm80", "sm90")
+    assert entry["ms"] > 0 and entry["kernel"] in ("sm80", "sm90", "sm90ws")
+
+
+@pytest.mark.skipif(not IS_SM90, reason="the warp-specialized kernel is sm_90a only")
+@pytest.mark.parametrize("bn", [192, 128])
+def test_ws_diagnostic_variants_compute_what_they_claim(bn):
+    """``identity``: y = x W^T + b (F skipped, same pipeline); ``mma=False``: y = b (F computed, no
+    MMA).  Poisoned outputs, an M tail and several tiles per CTA (ctas = 7)."""
+    m_rows, k, n_out = 1000, 768, 3 * bn
+    x, num, den, w, b = _inputs(m_rows, k, n_out, 8, True, torch.bfloat16, seed=6)
+    base = {"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 2}
+    for extra, expect in (({"identity": True}, torch.nn.functional.linear(x.double(), w.double(), b.double())),
+                          ({"mma": False}, b.double().expand(m_rows, n_out))):
+        buf = torch.full((m_rows + 8, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
+        fields = fwd_launch._fields({**base, **extra}, "bf16", "A", 5, 4)
+        fn = fwd_launch._kernel(fields, "sm_90a", False)
+        fwd_launch._launch(fn, x, w, buf[:m_rows], b, num, den, False, ctas=7)
+        torch.cuda.synchronize()
+        assert torch.isnan(buf[m_rows:]).all(), extra
+        got = buf[:m_rows].double()
+        assert torch.isfinite(got).all(), extra
+        assert _rel(got, expect) < 1e-2, (extra, _rel(got, expect))
+
+
+@pytest.mark.skipif(not IS_SM90, reason="the warp-specialized kernel is sm_90a only")
+@pytest.mark.parametrize("knob", ["sm90ws", "sm90"])
+def test_fused_switch_on_sm90_reaches_the_selected_kernel_and_the_self_check_passes(knob, monkeypatch):
+    """FUSEDKAT_FUSED_FWD=1 on sm_90 launches the kernel FUSEDKAT_FWD_KERNEL names (sm90ws by
+    default); the first-use self-check compares it with the torch path and keeps it ("ok")."""
+    from cutlass_kernels import launch, selfcheck
+
+    monkeypatch.setenv(fwd_launch.ENV_FUSED_FWD, "1")
+    monkeypatch.setenv(fwd_launch.ENV_FWD_KERNEL, knob)
+    monkeypatch.setenv("FUSEDKAT_KERNEL_SELFCHECK", "1")
+    selfcheck.reset()
+    kernels = []
+    real = fwd_launch._kernel
+    monkeypatch.setattr(fwd_launch, "_kernel", lambda fields, *a: kernels.append(fields["kernel"]) or real(fields, *a))
+    x, num, den, w, b = _inputs(300, 384, 1536, 8, True, torch.bfloat16, seed=7)
+    y = launch.rational_linear_forward(x, num, den, w, b, "A")
+    assert kernels == [knob]
+    assert list(selfcheck.verdicts().values()) == ["ok"]
+    _check(y, x, num, den, w, b, "A")
