@@ -34,6 +34,24 @@ def mlp_cases():
         yield pytest.param(model, 4 * d, d, id=f"KAT-{model}-fc2")
 
 
+def gpu_time_us(fn: Callable[[], object], calls: int = 20, rounds: int = 5) -> float:
+    """GPU time per call of ``fn`` in microseconds by CUDA events: ``calls`` back-to-back launches
+    between two events (host overhead hidden while the GPU stays busy), median over ``rounds``,
+    after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def fmt(value: float, spec: str) -> str:
     """A number for the suites' summary tables; ``-`` for NaN (an implementation not in the run)."""
     return "-" if value != value else format(value, spec)

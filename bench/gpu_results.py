@@ -10,7 +10,9 @@ reported under ``missing`` instead of failing the summary):
   benchmark the median / mean / stddev in ms, rounds, and its ``extra_info`` (raw samples dropped);
 * ``kernel_bench.json`` (``python -m cutlass_kernels.benchmark``): as is;
 * ``host_overhead.txt`` (``python -m bench.host_overhead``): its summary lines;
-* ``device.txt``, ``build.json``.
+* ``device.txt``, ``build.json``;
+* ``bench_gemm_fwd_ws.json`` and ``clocks_fwdws.txt`` (the ``fwdws`` phase, issue 15): the benchmarks
+  as above, the ``nvidia-smi`` SM clock lines before and after them.
 
 The output keeps the device, torch version and date, so a results file says where it was measured.
 """
@@ -25,7 +27,8 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any, Optional
 
-BENCH_FILES = {"gemm_fwd": "bench_gemm_fwd.json", "gemm_bwd": "bench_gemm_bwd.json", "model_step": "model_step.json"}
+BENCH_FILES = {"gemm_fwd": "bench_gemm_fwd.json", "gemm_bwd": "bench_gemm_bwd.json", "model_step": "model_step.json",
+               "gemm_fwd_ws": "bench_gemm_fwd_ws.json"}
 
 
 def _read_json(path: str) -> Optional[Any]:
@@ -97,6 +100,11 @@ def summarize(res: str, note: str = "") -> dict:
         data = _read_json(os.path.join(res, name))
         if data is not None:
             out[key] = data
+    try:
+        with open(os.path.join(res, "clocks_fwdws.txt")) as f:
+            out["sm_clocks"] = [line.strip() for line in f if line.strip()]
+    except OSError:
+        pass
     host = host_overhead_lines(os.path.join(res, "host_overhead.txt"))
     if host is not None:
         out["host_overhead"] = host

@@ -20,7 +20,10 @@
 #   run [PHASES]    install if needed, then the phases (default: tests kbench gemm model):
 #                   build (build check for this GPU's arch), tests (tests/gpu, one process per file,
 #                   each under a timeout), host (bench.host_overhead), kbench (elementwise kernels),
-#                   gemm (bench/bench_gemm_*.py at batch 128), model (KAT vs ViT training steps);
+#                   gemm (bench/bench_gemm_*.py at batch 128), model (KAT vs ViT training steps),
+#                   fwdws (issue 15, ~6 min: tests/gpu/test_gemm_fwd.py against the sm90ws and the old
+#                   sm90 kernel, then bench_gemm_fwd without inductor/autotune: cuBLAS, unfused, sm90ws,
+#                   sm90, the _fid / _nomma diagnostics, GPU time by CUDA events, SM clocks logged);
 #                   then bench.gpu_results folds everything into the results JSON.
 #
 # Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
@@ -170,6 +173,24 @@ for p in sys.argv[1:-1]:
     out = {**d, 'benchmarks': out['benchmarks'] + d.get('benchmarks', [])}
 json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudagraphs}.json "$res/model_step.json" || true
         tail -5 "$res/model_step.txt" >&2; out_copy "$res/model_step.txt" ;;
+      fwdws)
+        rc_gemm=0; rc_tests=0
+        nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv > "$res/clocks_fwdws.txt" 2>&1 || true
+        log "issue 15: fused forward GPU tests (sm90ws + sm90)"
+        (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_FILE_TIMEOUT:-420}" "$PY" -m pytest tests/gpu/test_gemm_fwd.py -q -rfE \
+            -p no:cacheprovider -o addopts="" "${tmo[@]}" --junitxml "$res/junit_test_gemm_fwd_ws.xml" \
+            > "$res/gpu_tests_fwdws.txt" 2>&1) || rc_tests=$?
+        tail -4 "$res/gpu_tests_fwdws.txt" >&2; out_copy "$res/gpu_tests_fwdws.txt"
+        log "issue 15: fused forward benchmarks (no inductor / autotune)"
+        (cd "$REPO" && FUSEDKAT_BENCH_SIZE="${FUSEDKAT_BENCH_SIZE:-paper}" timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" \
+            "$PY" -m pytest bench/bench_gemm_fwd.py -q -rfE -p no:cacheprovider -o addopts="" \
+            -k "not inductor and not autotuned" --benchmark-json "$res/bench_gemm_fwd_ws.json" \
+            > "$res/bench_gemm_fwd_ws.txt" 2>&1) || rc_gemm=$?
+        nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv >> "$res/clocks_fwdws.txt" 2>&1 || true
+        tail -5 "$res/bench_gemm_fwd_ws.txt" >&2; out_copy "$res/bench_gemm_fwd_ws.txt" "$res/clocks_fwdws.txt"
+        (cd "$REPO" && "$PY" -m bench.bench_gemm_fwd "$res/bench_gemm_fwd_ws.json" 2>&1 \
+            | tee "$res/bench_gemm_fwd_ws_summary.md" >&2) || true
+        out_copy "$res/bench_gemm_fwd_ws_summary.md" "$res/bench_gemm_fwd_ws.json" ;;
       *) log "unknown phase: $phase"; exit 2 ;;
     esac
   done
