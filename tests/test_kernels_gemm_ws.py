@@ -149,7 +149,7 @@ def test_sm90_runs_the_ws_kernel_unless_the_knob_picks_the_old_one(monkeypatch, 
     monkeypatch.setattr(abi, "device_info", lambda device: ((9, 0), 132))
     monkeypatch.delenv(fwd_launch.ENV_FWD_KERNEL, raising=False)
     cfg = fwd_launch.choose_config(*_meta_problem(), "A", 5, 4, autotune=False)
-    assert cfg == {"kernel": "sm90ws", "bn": 192, "stages": 4, "ring": 2}
+    assert cfg == {"kernel": "sm90ws", "bn": 192, "stages": 4, "ring": 3}
     assert fwd_launch.choose_config(*_meta_problem(n_out=264), "A", 5, 4, autotune=False)["bn"] == 128
     assert fwd_launch.choose_config(*_meta_problem(k=96, g=4), "A", 5, 4, autotune=False)["kernel"] == "sm80"
     monkeypatch.setenv(fwd_launch.ENV_FWD_KERNEL, "sm90")
@@ -193,7 +193,7 @@ def test_launch_arguments_bind_to_the_compiled_ws_entry(tmp_path):
 
     from cutlass_kernels import runtime
 
-    fields = {"kernel": "sm90ws", "bn": 192, "stages": 4, "ring": 2, "dtype": "bf16", "form": "A", "m": 5, "n": 4}
+    fields = {"kernel": "sm90ws", "bn": 192, "stages": 4, "ring": 3, "dtype": "bf16", "form": "A", "m": 5, "n": 4}
     runtime._export(runtime._compile(fwd_launch.WS_TARGET, dict(fields), "sm_90a", False), "fk_ws_args", tmp_path, False)
     entry = runtime._load(tmp_path, "fk_ws_args", False)
     m_rows, k, n_out, g = 197, 384, 1536, 8

@@ -79,7 +79,7 @@ def ws_candidates(n_out: int, k: int) -> list[dict]:
     from .ws_config import pick_bn
 
     widths = (192, 128) if pick_bn(n_out) == 192 else (128, 192)
-    return [{"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 2} for bn in widths]
+    return [{"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 3} for bn in widths]
 
 
 def ws_ctas(m_rows: int, n_out: int, bn: int, sm_count: int) -> int:

@@ -47,7 +47,14 @@ keeps them across tiles):
 Tails: TMA zero-fills rows >= M and W rows >= N; F(0) != 0 lands only in rows that are not stored.
 K % 64 == 0 (the launcher checks it).
 
-Register budget (``ptxas`` via the build check; the cubin reports the launch cap 128 = 64K / 512):
+Issue budget per k-tile and SM sub-partition (the build check's role counts, bf16 form A): the
+transform warp issues 864 instructions (13.5 per element x 64), the consumer warps 2 x 83 plus the
+WGMMAs, which at bN = 192 keep the tensor cores busy for 128 x 192 x 64 / 2048 = 768 cycles: the
+transform, not the MMA, sets the pace unless it issues at > 90% efficiency (see :mod:`.ws_config`
+for why bN = 256, MMA 1024 cycles, does not compile at 512 threads).
+
+Register budget (``ptxas`` via the build check; the cubin reports the launch cap 128 = 64K / 512,
+and ptxas fits every role within it -- ``setmaxnreg`` re-partitions the register file at run time):
 producer 40, transform 104, consumers 184 (64 x bN fp32 accumulator: 96 registers at bN=192, 64
 at 128).  40 + 104 + 2 x 184 = 512.
 """

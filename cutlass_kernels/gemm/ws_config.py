@@ -24,7 +24,10 @@ NUM_THREADS = 512
 LAUNCH_REGS = 65536 // NUM_THREADS
 #: ``setmaxnreg`` per role, by tile width: (producer, transform, consumer).  They must sum (x 128
 #: threads, consumers twice) to at most the 64K registers of an SM: 40 + T + 2 C <= 512.  A target
-#: below :data:`LAUNCH_REGS` is a ``setmaxnreg.dec``, above it an ``.inc``.
+#: below :data:`LAUNCH_REGS` is a ``setmaxnreg.dec``, above it an ``.inc``.  ``setmaxnreg`` only
+#: re-partitions the register file at run time: ptxas allocates every role within the launch cap
+#: (128), which is why there is no bN = 256 (its 64 x 256 WGMMA alone needs 154 registers: "C7602
+#: Insufficient registers (128)", seen with ``stages=3``).
 REGS: dict[int, tuple[int, int, int]] = {128: (40, 104, 184), 192: (40, 104, 184)}
 #: Diagnostic suffixes (reachable from the build and the benchmark, not from dispatch).
 SUFFIX_IDENTITY = "_fid"
@@ -36,7 +39,7 @@ class WsFwdConfig(KernelConfig):
     """One variant of the warp-specialized forward ``y = F(x) W^T + bias``.
 
     ``bn``: N tile (128, or 192 for N = 192 / 384 / multiples of 192); ``stages``: depth of the raw
-    (TMA) ring of x and W k-tiles; ``ring``: depth of the transformed-A ring; ``identity``: F = id
+    (TMA) ring of x and W k-tiles; ``ring``: depth of the transformed-A ring (3: slack for the transform while the consumers run the epilogue); ``identity``: F = id
     (the MMA / pipeline floor, suffix ``_fid``); ``mma``: False skips the WGMMAs (the ALU floor,
     suffix ``_nomma``; y = bias then).
     """
@@ -49,7 +52,7 @@ class WsFwdConfig(KernelConfig):
     n: int = rm.DEFAULT_ORDER[1]
     bn: int = 192
     stages: int = 4
-    ring: int = 2
+    ring: int = 3
     identity: bool = False
     mma: bool = True
 

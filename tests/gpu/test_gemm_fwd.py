@@ -167,7 +167,7 @@ def test_ws_diagnostic_variants_compute_what_they_claim(bn):
     MMA).  Poisoned outputs, an M tail and several tiles per CTA (ctas = 7)."""
     m_rows, k, n_out = 1000, 768, 3 * bn
     x, num, den, w, b = _inputs(m_rows, k, n_out, 8, True, torch.bfloat16, seed=6)
-    base = {"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 2}
+    base = {"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 3}
     for extra, expect in (({"identity": True}, torch.nn.functional.linear(x.double(), w.double(), b.double())),
                           ({"mma": False}, b.double().expand(m_rows, n_out))):
         buf = torch.full((m_rows + 8, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
