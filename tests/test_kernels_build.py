@@ -170,7 +170,7 @@ def test_ws_forward_roles_hold_in_the_sass(build_rows):
     assert len(ws) >= 9 and {r["arch"] for r in ws} == {"sm_90a"}
     for r in ws:
         roles = r["roles"]
-        assert r["ok"] and r["spills"] == 0 and r["registers"] == 128, r["kernel"]
+        assert r["ok"] and r["spills"] == 0 and r["registers"] <= 128, r["kernel"]  # 64K / 512 threads
         assert r["sass"].get("STL", 0) == 0 and r["sass"].get("LDL", 0) == 0
         t = roles["transform"]
         assert not any(op.startswith(("I2F", "F2I", "IMAD.HI")) for op in t), (r["kernel"], t)
