@@ -80,7 +80,9 @@ def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
     for name, module in (("forward", fwd_launch), ("backward", bwd_launch)):
         try:
             paths[name] = "fused" if module.enabled(device) else "unfused"
-        except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD: report it
+            if name == "forward" and paths[name] == "fused" and fwd_launch.kernel_arch(device) == "sm_90a":
+                paths[name] += f" {fwd_launch.hopper_kernel()}"  # which WGMMA kernel (FUSEDKAT_FWD_KERNEL)
+        except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD / FWD_KERNEL: report it
             paths[name] = f"error: {e}"
     return paths
 
