@@ -205,7 +205,6 @@ class RationalGemmFwdSm90Ws:
         thr = copy_T.get_slice(ttid)
         tXsA = thr.partition_S(sA)  # ((1, 8), 8 row passes, 1, stages)
         tXsT = thr.partition_D(sT)  # same shape over the transformed ring
-        passes = cute.size(tXsA, mode=[1])
         # The thread's first column col0 = g0 * group_size + off0 and the k-tile step
         # BK = q * group_size + r, found by subtraction (once, outside the loops); per k-tile the
         # group then advances by q or q + 1, branch-free.
@@ -227,17 +226,7 @@ class RationalGemmFwdSm90Ws:
             for _kt in cutlass.range(k_tiles, unroll=1):
                 raw.consumer_wait(rc)
                 tring.producer_acquire(wp)
-                a, b = coef_set(sCoef, g, cfg.m, cfg.n)
-                for i in cutlass.range_constexpr(passes):
-                    v = cute.make_fragment_like(tXsA[None, i, 0, 0])
-                    cute.autovec_copy(tXsA[None, i, 0, rc.index], v)
-                    if cutlass.const_expr(not cfg.identity):
-                        xs = self._unpack(v)
-                        for j in cutlass.range_constexpr(cute.size(v)):
-                            v[j] = rm.forward(a, b, xs[j], cfg.form, DslMath).to(self.dtype)
-                    cute.autovec_copy(v, tXsT[None, i, 0, wp.index])
-                # this thread's generic-proxy stores -> visible to the WGMMA (async proxy)
-                cute.arch.fence_view_async_shared()
+                self._transform_ktile(tXsA, tXsT, rc.index, wp.index, sCoef, g)
                 tring.producer_commit(wp)
                 cute.arch.sync_warp()  # every lane of the warp has its raw values in registers
                 raw.consumer_release(rc)
@@ -247,6 +236,24 @@ class RationalGemmFwdSm90Ws:
                 wrap = off >= group_size
                 g += q + cutlass.select_(wrap, 1, 0)
                 off -= cutlass.select_(wrap, group_size, 0)
+
+    @cute.jit
+    def _transform_ktile(self, tXsA: cute.Tensor, tXsT: cute.Tensor, src: cutlass.Int32, dst: cutlass.Int32,
+                         sCoef: cute.Tensor, g: cutlass.Int32):
+        """F on this thread's 8 x 8 values of raw stage ``src`` into transformed stage ``dst``
+        (group ``g``), then the thread's ``fence.proxy.async`` (the caller arrives after it)."""
+        cfg = self.cfg
+        a, b = coef_set(sCoef, g, cfg.m, cfg.n)
+        for i in cutlass.range_constexpr(cute.size(tXsA, mode=[1])):
+            v = cute.make_fragment_like(tXsA[None, i, 0, 0])
+            cute.autovec_copy(tXsA[None, i, 0, src], v)
+            if cutlass.const_expr(not cfg.identity):
+                xs = self._unpack(v)
+                for j in cutlass.range_constexpr(cute.size(v)):
+                    v[j] = rm.forward(a, b, xs[j], cfg.form, DslMath).to(self.dtype)
+            cute.autovec_copy(v, tXsT[None, i, 0, dst])
+        # this thread's generic-proxy stores -> visible to the WGMMA (async proxy)
+        cute.arch.fence_view_async_shared()
 
     @cute.jit
     def _unpack(self, v: cute.Tensor) -> cute.Tensor:
