@@ -22,6 +22,9 @@ def test_config_names_keys_and_validation():
     assert WsFwdConfig(dtype="fp16", form="B", bn=128).variant_name() == "rational_gemm_fwd_sm90ws_fp16_B_n128"
     assert WsFwdConfig(identity=True).variant_name().endswith("_fid")
     assert WsFwdConfig(mma=False).variant_name().endswith("_nomma")
+    assert WsFwdConfig(panel=True, stages=3, identity=True).variant_name() == "rational_gemm_fwd_sm90ws_bf16_A_panel_fid"
+    with pytest.raises(ValueError, match="shared memory"):
+        WsFwdConfig(panel=True)  # 4 W stages + the 128 x 384 panel do not fit
     keys = {c.cache_key() for c in (base, WsFwdConfig(bn=128), WsFwdConfig(identity=True), WsFwdConfig(mma=False),
                                     WsFwdConfig(stages=3), WsFwdConfig(form="B"))}
     assert len(keys) == 6 and WsFwdConfig().cache_key() == base.cache_key()
@@ -151,6 +154,11 @@ def test_sm90_runs_the_ws_kernel_unless_the_knob_picks_the_old_one(monkeypatch, 
     cfg = fwd_launch.choose_config(*_meta_problem(), "A", 5, 4, autotune=False)
     assert cfg == {"kernel": "sm90ws", "bn": 192, "stages": 4, "ring": 3}
     assert fwd_launch.choose_config(*_meta_problem(n_out=264), "A", 5, 4, autotune=False)["bn"] == 128
+    # K <= 384 and several N tiles: the resident panel; one N tile (N = 192): no panel to reuse
+    small_k = fwd_launch.choose_config(*_meta_problem(k=192, n_out=768), "A", 5, 4, autotune=False)
+    assert small_k == {"kernel": "sm90ws", "bn": 192, "stages": 3, "ring": 3, "panel": True}
+    assert "panel" not in fwd_launch.choose_config(*_meta_problem(k=384, n_out=192), "A", 5, 4, autotune=False)
+    assert all("panel" not in c for c in fwd_launch.ws_candidates(3072, 448))  # K > 384: never
     assert fwd_launch.choose_config(*_meta_problem(k=96, g=4), "A", 5, 4, autotune=False)["kernel"] == "sm80"
     monkeypatch.setenv(fwd_launch.ENV_FWD_KERNEL, "sm90")
     assert fwd_launch.choose_config(*_meta_problem(), "A", 5, 4, autotune=False)["kernel"] == "sm90"

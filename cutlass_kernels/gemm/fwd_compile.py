@@ -156,8 +156,10 @@ def compile_ws_variant(arch: str, options: str, **fields: Any) -> Any:
     if not normalize_arch(arch).startswith("sm_90"):
         raise ValueError(f"the sm90ws kernel is built for sm_90a only, got {arch}")
     from .fwd_sm90ws import RationalGemmFwdSm90Ws
+    from .fwd_sm90ws_panel import RationalGemmFwdSm90WsPanel
 
     cfg = ws_config(fields)
     args = fake_pointer_arguments(cfg)
     args = (*args[:-1], cutlass.Int32(132), args[-1])
-    return cute.compile(PointerEntryWs(RationalGemmFwdSm90Ws(cfg), cfg), *args, options=options)
+    kernel = (RationalGemmFwdSm90WsPanel if cfg.panel else RationalGemmFwdSm90Ws)(cfg)
+    return cute.compile(PointerEntryWs(kernel, cfg), *args, options=options)

@@ -73,13 +73,19 @@ def hopper_kernel() -> str:
 
 def ws_candidates(n_out: int, k: int) -> list[dict]:
     """Configs of the warp-specialized sm_90a kernel (registry ``fields``) for this N and K
-    (empty when K % 64 != 0): the bN that pads no columns first (192 where N % 192 == 0), then 128."""
+    (empty when K % 64 != 0): the bN that pads no columns first (192 where N % 192 == 0), then 128;
+    for K <= 384 with at least two N tiles the resident-panel variant comes first (F once per
+    element per CTA and m-tile instead of once per N tile)."""
     if k % 64:
         return []
-    from .ws_config import pick_bn
+    from .ws_config import PANEL_MAX_K, pick_bn
 
     widths = (192, 128) if pick_bn(n_out) == 192 else (128, 192)
-    return [{"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 3} for bn in widths]
+    plain = [{"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 3} for bn in widths]
+    if k > PANEL_MAX_K:
+        return plain
+    panel = [{"kernel": "sm90ws", "bn": bn, "stages": 3, "ring": 3, "panel": True} for bn in widths]
+    return panel + plain if n_out > widths[0] else plain + panel
 
 
 def ws_ctas(m_rows: int, n_out: int, bn: int, sm_count: int) -> int:

@@ -60,7 +60,8 @@ def fwd_variants() -> list[Variant]:
 
 
 WS_TARGET = "cutlass_kernels.gemm.fwd_compile:compile_ws_variant"
-WS_SOURCES: tuple[str, ...] = SOURCES + ("cutlass_kernels.gemm.fwd_sm90ws", "cutlass_kernels.gemm.ws_config")
+WS_SOURCES: tuple[str, ...] = SOURCES + ("cutlass_kernels.gemm.fwd_sm90ws", "cutlass_kernels.gemm.fwd_sm90ws_panel",
+                                          "cutlass_kernels.gemm.ws_config")
 
 
 def ws_variants() -> list[Variant]:
@@ -72,10 +73,14 @@ def ws_variants() -> list[Variant]:
     cfgs = [WsFwdConfig(dtype=d, form=f) for d in ("bf16", "fp16") for f in rm.FORMS]
     cfgs += [WsFwdConfig(bn=128), WsFwdConfig(identity=True), WsFwdConfig(mma=False),
              WsFwdConfig(bn=128, identity=True), WsFwdConfig(bn=128, mma=False)]
+    # the resident-panel variant (K <= 384): W ring 3 deep to leave room for the 128 x 384 panel
+    panel = {"panel": True, "stages": 3}
+    cfgs += [WsFwdConfig(**panel), WsFwdConfig(dtype="fp16", form="B", **panel), WsFwdConfig(bn=128, **panel),
+             WsFwdConfig(identity=True, **panel), WsFwdConfig(mma=False, **panel)]
     out = []
     for cfg in cfgs:
         fields = {k: v for k, v in cfg.to_dict().items() if k != "family"}
-        expect = {"UTMALDG": 2}
+        expect = {"UTMALDG": 2}  # (x and W; in one loop, or in two for the panel variant)
         if cfg.mma:  # (ptxas drops the setmaxnreg of a kernel without WGMMA)
             expect.update(HGMMA=4, USETMAXREG=3)
         if not cfg.identity:

@@ -9,7 +9,8 @@ Cheap to import (no DSL).  Input: the per-role loop counts of :func:`cutlass_ker
 * transform: no integer division (no I2F / F2I / IMAD.HI, and exactly one MUFU.RCP per element
   -- a MUFU-based divide would add more), and at most :data:`MAX_SLOTS_PER_ELEMENT` instructions
   per element for F (each of the 128 transform threads handles 64 elements per k-tile);
-* producer: the two TMA loads (x and W) per k-tile.
+* producer: the two TMA loads (x and W) per k-tile; the resident-panel variant loads x and W in
+  loops of their own, one UTMALDG each.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def role_failures(roles: dict[str, dict[str, int]], fields: dict[str, Any]) -> l
         slots = slots_per_element(roles)
         if not identity and slots > MAX_SLOTS_PER_ELEMENT:
             out.append(f"transform loop: {slots:.2f} issue slots per element (limit {MAX_SLOTS_PER_ELEMENT})")
-    if "producer" in roles and _count(roles["producer"], "UTMALDG") != 2:
-        out.append(f"producer loop: {_count(roles['producer'], 'UTMALDG')} UTMALDG per k-tile, expected 2")
+    tma = 1 if fields.get("panel", False) else 2
+    if "producer" in roles and _count(roles["producer"], "UTMALDG") != tma:
+        out.append(f"producer loop: {_count(roles['producer'], 'UTMALDG')} UTMALDG per k-tile, expected {tma}")
     return out

@@ -3,7 +3,7 @@
 Cheap to import (no DSL): the registry, the launcher and the cost model read it.  The cache key is
 derived from the fields (:meth:`cutlass_kernels.config.KernelConfig.cache_key`), never written by
 hand; :meth:`WsFwdConfig.variant_name` is the registry name
-``rational_gemm_fwd_sm90ws_{dtype}_{form}[_n{bn}][_fid|_nomma]``.
+``rational_gemm_fwd_sm90ws_{dtype}_{form}[_n{bn}][_panel][_fid|_nomma]``.
 """
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ REGS: dict[int, tuple[int, int, int]] = {128: (40, 104, 184), 192: (40, 104, 184
 #: Diagnostic suffixes (reachable from the build and the benchmark, not from dispatch).
 SUFFIX_IDENTITY = "_fid"
 SUFFIX_NOMMA = "_nomma"
+#: Shared memory besides the rings: the coefficient table (64 groups x 12 fp32), mbarriers, alignment.
+SMEM_TABLES = 4096
+#: The resident-panel variant: largest K it holds (6 k-tiles of 128 x 64), and its raw-x ring depth.
+PANEL_MAX_K = 384
+PANEL_X_STAGES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +46,10 @@ class WsFwdConfig(KernelConfig):
     ``bn``: N tile (128, or 192 for N = 192 / 384 / multiples of 192); ``stages``: depth of the raw
     (TMA) ring of x and W k-tiles; ``ring``: depth of the transformed-A ring (3: slack for the transform while the consumers run the epilogue); ``identity``: F = id
     (the MMA / pipeline floor, suffix ``_fid``); ``mma``: False skips the WGMMAs (the ALU floor,
-    suffix ``_nomma``; y = bias then).
+    suffix ``_nomma``; y = bias then).  ``panel``: the resident-panel variant (:mod:`.fwd_sm90ws_panel`,
+    suffix ``_panel``) for K <= :data:`PANEL_MAX_K`: the transformed 128 x K panel of x stays in
+    shared memory while the CTA sweeps its N tiles, so F runs once per element per CTA and m-tile;
+    ``stages`` is then the depth of the W ring and x has a ring of :data:`PANEL_X_STAGES`.
     """
 
     family: ClassVar[str] = "rational_gemm_fwd_sm90ws"
@@ -55,6 +63,7 @@ class WsFwdConfig(KernelConfig):
     ring: int = 3
     identity: bool = False
     mma: bool = True
+    panel: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,7 +79,7 @@ class WsFwdConfig(KernelConfig):
         p, t, c = self.regs
         if p + t + 2 * c > 4 * LAUNCH_REGS or not (p < LAUNCH_REGS and t < LAUNCH_REGS < c):
             raise ValueError(f"register split {self.regs} does not fit 4 warpgroups x {LAUNCH_REGS}")
-        if self.smem_bytes() > 227 * 1024:
+        if self.smem_bytes() + SMEM_TABLES > 227 * 1024:
             raise ValueError(f"{self.smem_bytes()} bytes of shared memory: lower stages/ring")
 
     @property
@@ -83,15 +92,22 @@ class WsFwdConfig(KernelConfig):
         """``setmaxnreg`` targets (producer, transform, consumer)."""
         return REGS[self.bn]
 
+    @property
+    def panel_slots(self) -> int:
+        """k-tile slots of the resident panel (its K capacity / 64)."""
+        return PANEL_MAX_K // BK
+
     def smem_bytes(self) -> int:
         """Shared memory of the rings (raw x + W stages, transformed x), without the small tables."""
+        if self.panel:
+            return 2 * (self.stages * self.bn * BK + PANEL_X_STAGES * BM * BK + self.panel_slots * BM * BK)
         return 2 * (self.stages * (BM + self.bn) * BK + self.ring * BM * BK)
 
     def variant_name(self) -> str:
-        """Registry name: ``rational_gemm_fwd_sm90ws_{dtype}_{form}[_n{bn}][_fid|_nomma]``."""
+        """Registry name: ``rational_gemm_fwd_sm90ws_{dtype}_{form}[_n{bn}][_panel][_fid|_nomma]``."""
         suffix = SUFFIX_IDENTITY if self.identity else SUFFIX_NOMMA if not self.mma else ""
         width = "" if self.bn == 192 else f"_n{self.bn}"
-        return f"{self.family}_{self.dtype}_{self.form}{width}{suffix}"
+        return f"{self.family}_{self.dtype}_{self.form}{width}{'_panel' if self.panel else ''}{suffix}"
 
 
 def pick_bn(n_out: int) -> int:

@@ -66,7 +66,7 @@ def _configs():
     """Every config the heuristic / autotune can pick on this device for K = 768 (the kernels),
     the warp-specialized sm_90a kernel's (both N tiles, at groups of 96 and 24) included."""
     arch = fwd_launch.kernel_arch(torch.device("cuda"))
-    ws = [{**c, "group_size": gs} for c in fwd_launch.ws_candidates(264, 768) for gs in (96, 24)] if IS_SM90 else []
+    ws = [{**c, "group_size": gs} for c in fwd_launch.ws_candidates(264, 384) for gs in (96, 24)] if IS_SM90 else []
     return ws + fwd_launch.candidates(arch, 768, 96) + fwd_launch.candidates(arch, 768, 24)
 
 
@@ -84,7 +84,7 @@ def test_fused_forward_matches_float64_reference(shape, dtype, form, hopper, mon
 
 def _config_id(c):
     if c["kernel"] == "sm90ws":
-        return f"sm90ws_n{c['bn']}_gs{c['group_size']}"
+        return f"sm90ws_n{c['bn']}{'_panel' if c.get('panel') else ''}_gs{c['group_size']}"
     return f"{c['kernel']}_{'x'.join(map(str, c['tile']))}_ga{c['group_align']}_{c.get('prologue', 'regs')}"
 
 
@@ -92,9 +92,10 @@ def _config_id(c):
 @pytest.mark.parametrize("form", ["A", "B"])
 def test_every_config_is_correct_and_writes_exactly_the_output(cfg, form):
     """Poisoned output: every element of [M, N] written, nothing past it (NaN guard rows)."""
-    m_rows, k, n_out = 333, 768, 264
+    m_rows, n_out = 333, 264
+    k = 384 if cfg.get("panel") else 768  # the resident panel holds K <= 384
     cfg = dict(cfg)
-    g = 768 // (cfg.pop("group_size") if "group_size" in cfg else 96 if cfg["group_align"] == 16 else 24)
+    g = k // (cfg.pop("group_size") if "group_size" in cfg else 96 if cfg["group_align"] == 16 else 24)
     x, num, den, w, b = _inputs(m_rows, k, n_out, g, False, torch.bfloat16, seed=1)
     buf = torch.full((m_rows + 64, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
     y = fwd_launch.rational_linear_forward(x, num, den, w, b, form, config=cfg, out=buf[:m_rows])
@@ -161,13 +162,14 @@ def test_autotune_picks_a_candidate_and_caches_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not IS_SM90, reason="the warp-specialized kernel is sm_90a only")
-@pytest.mark.parametrize("bn", [192, 128])
-def test_ws_diagnostic_variants_compute_what_they_claim(bn):
+@pytest.mark.parametrize("bn,panel", [(192, False), (128, False), (192, True)])
+def test_ws_diagnostic_variants_compute_what_they_claim(bn, panel):
     """``identity``: y = x W^T + b (F skipped, same pipeline); ``mma=False``: y = b (F computed, no
-    MMA).  Poisoned outputs, an M tail and several tiles per CTA (ctas = 7)."""
-    m_rows, k, n_out = 1000, 768, 3 * bn
+    MMA).  Poisoned outputs, an M tail and several tiles per CTA (ctas = 7), so the panel variant
+    also starts CTAs in the middle of an m-tile."""
+    m_rows, k, n_out = 1000, 384 if panel else 768, 3 * bn
     x, num, den, w, b = _inputs(m_rows, k, n_out, 8, True, torch.bfloat16, seed=6)
-    base = {"kernel": "sm90ws", "bn": bn, "stages": 4, "ring": 3}
+    base = {"kernel": "sm90ws", "bn": bn, "stages": 3 if panel else 4, "ring": 3, "panel": panel}
     for extra, expect in (({"identity": True}, torch.nn.functional.linear(x.double(), w.double(), b.double())),
                           ({"mma": False}, b.double().expand(m_rows, n_out))):
         buf = torch.full((m_rows + 8, n_out), float("nan"), dtype=torch.bfloat16, device="cuda")
