@@ -8,8 +8,9 @@
   16-byte aligned base and row stride -- a row-strided view like ``x[:, :K]`` is used in place), the
   weight is used as is when contiguous and of x's dtype; coefficients go to fp32, the bias to an
   fp32 vector (zeros when absent: one compiled variant serves both).
-* On sm_90a the persistent warp-specialized kernel (:mod:`.fwd_sm90ws`, config
-  :func:`ws_candidates`, grid :func:`ws_ctas`) runs unless ``FUSEDKAT_FWD_KERNEL=sm90`` picks the
+* On sm_90a the persistent warp-specialized kernel (:mod:`.fwd_sm90ws`; for K <= 384 with several
+  N tiles its resident-panel variant :mod:`.fwd_sm90ws_panel`; config :func:`ws_candidates`, grid
+  :func:`ws_ctas`) runs unless ``FUSEDKAT_FWD_KERNEL=sm90`` picks the
   first WGMMA kernel (benchmarks); ``auto`` still runs the unfused path on sm_90 (:func:`enabled`)
   until a GPU has measured the new kernel.
 * The config (kernel class, tile, stages, group alignment) comes from :func:`heuristic` on
