@@ -4,6 +4,9 @@ Uses ``cuobjdump`` (PyPI ``nvidia-cuda-cuobjdump``, or one on PATH) — works of
 ``spills`` is the per-thread LOCAL memory of the kernel as the cubin records it: register spills
 land there (and so would local arrays, which our kernels do not use), so a non-zero value is
 treated as a spill.  The SASS counts also show ``STL``/``LDL`` (local stores/loads) explicitly.
+
+:func:`role_counts` splits a warp-specialized kernel's SASS by role (producer / transform /
+consumer main loops, one k-tile each) for the build check and the cost model.
 """
 from __future__ import annotations
 

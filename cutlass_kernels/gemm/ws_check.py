@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..sass import DIVISION_OPCODES
+
 #: Elements of one k-tile per transform thread (128 x 64 / 128).
 ELEMENTS_PER_THREAD = 64
 #: Issue slots per element for F in the transform loop (issue 15: "at most ~13.5").
@@ -24,7 +26,6 @@ MAX_SLOTS_PER_ELEMENT = 13.5
 MAX_CONSUMER_OTHER = 96
 #: HGMMA per k-tile: bK / 16.
 HGMMA_PER_KTILE = 4
-_DIVISION = ("I2F", "F2I", "IMAD.HI", "I2FP")
 
 
 def _count(counts: dict[str, int], prefix: str) -> int:
@@ -55,7 +56,7 @@ def role_failures(roles: dict[str, dict[str, int]], fields: dict[str, Any]) -> l
             out.append(f"consumer loop: {other} non-HGMMA instructions per k-tile (limit {MAX_CONSUMER_OTHER})")
     if "transform" in roles:
         t = roles["transform"]
-        for op in _DIVISION:
+        for op in DIVISION_OPCODES:
             if _count(t, op):
                 out.append(f"transform loop holds {op} (integer division)")
         rcp = _count(t, "MUFU.RCP")
