@@ -47,11 +47,14 @@ keeps them across tiles):
 Tails: TMA zero-fills rows >= M and W rows >= N; F(0) != 0 lands only in rows that are not stored.
 K % 64 == 0 (the launcher checks it).
 
-Issue budget per k-tile and SM sub-partition (the build check's role counts, bf16 form A): the
-transform warp issues 864 instructions (13.5 per element x 64), the consumer warps 2 x 83 plus the
-WGMMAs, which at bN = 192 keep the tensor cores busy for 128 x 192 x 64 / 2048 = 768 cycles: the
-transform, not the MMA, sets the pace unless it issues at > 90% efficiency (see :mod:`.ws_config`
-for why bN = 256, MMA 1024 cycles, does not compile at 512 threads).
+Issue budget per k-tile and SM sub-partition (each has one transform warp and two consumer warps;
+the build check's role counts, bf16 form A): 864 transform instructions (13.5 per element x 64) +
+2 x 83 consumer instructions (4 of them HGMMA) = ~1030 issue cycles, against 128 x 192 x 64 / 2048 =
+768 cycles of tensor-core work at bN = 192.  A static reading, not a measurement: issue-bound at
+>= 1.34x the MMA time (cuBLAS reached ~70% of the MMA peak on the H100, i.e. ~1.43x), so the
+non-panel kernel can at best match cuBLAS; the resident-panel variant (K <= 384) divides the
+transform work by the number of N tiles.  bN = 256 (1024 MMA cycles) would balance it but does not
+compile at 512 threads (see :mod:`.ws_config`).
 
 Register budget (``ptxas`` via the build check; the cubin reports the launch cap 128 = 64K / 512,
 and ptxas fits every role within it -- ``setmaxnreg`` re-partitions the register file at run time):
