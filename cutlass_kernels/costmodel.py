@@ -1,31 +1,34 @@
 """Static cycle model of the fused GR-KAN GEMMs: SASS counts x pipe rates -> GPU time, checked
-against every H100 measurement we have before it predicts the kernels of issues 15 and 16.
+against every H100 GPU-time measurement we have before it predicts the kernels of issues 15/16.
 
     python -m cutlass_kernels.costmodel [--gpu h100|h200|a100|a10|l40s | --arch sm_90a]
         [--results bench/results/X.json] [--json PATH] [--defaults]
 
-**Inputs.**  The SASS of the old sm_90a kernels (compiled with fake tensors through the build's
-cache, :mod:`.costmodel_sass`): issue slots per warp of the main loop (found by its backward
-branch), of the TMA branch, and of the code around the loop; the hardware constants of
-:mod:`.costmodel_hw`; the measurements of :mod:`.costmodel_data`.  ``--defaults`` (and
-:func:`predicted_faster`) use the counts stored in :data:`DEFAULT_SLOTS` instead of compiling; a
-test recompiles and checks that they still match.
+It is a model, not a measurement: the GPU decides.
+
+**Inputs.**  The SASS of the old sm_90a kernels and of the elementwise rational kernels (compiled
+with fake tensors through the build's cache, :mod:`.costmodel_sass`): issue slots per warp of
+each main loop (found by its backward branch), of its TMA branch, and of the code around it; the
+hardware constants of :mod:`.costmodel_hw`; the measurements of :mod:`.costmodel_data`.
+``--defaults`` (and :func:`predicted_faster`) use the counts stored in :data:`DEFAULT_SLOTS`
+instead of compiling; a test recompiles and checks that they still match.
 
 **Fitted** (three constants, each on one kernel at KAT-B fc1, median of the profiled runs):
-``eta_mma`` on cuBLAS ``F.linear``; ``eta_hbm`` on the elementwise F(x) kernel;
-``phi_old`` (how much of the shorter of ALU and MMA time the old kernels hide per k-tile) on the
-old fused forward.  **Assumed** (not fitted; see :mod:`.costmodel_kernels`): 70% issue efficiency,
-90% overlap in warp-specialized designs, a 1000-clock pipeline fill, a 10 us partial fold.
+``eta_mma`` on cuBLAS ``F.linear``; ``eta_hbm`` on the elementwise F(x) kernel; ``phi_old`` (the
+share of the shorter of ALU and MMA time the old kernels hide per k-tile) on the old fused
+forward.  **Assumed** (not fitted; :mod:`.costmodel_kernels`): 70% issue efficiency, 90%
+overlap in warp-specialized designs, a 1000-clock pipeline fill per tile, a 10 us partial fold.
 **Held out**: the old fused backward (dgrad + wgrad), the cuBLAS dgrad and wgrad, the elementwise
-backward, the F-recomputing elementwise kernel and the bias column sum.
+backward, the F-recomputing elementwise kernel and the bias column sum.  The benchmark's
+wall times at all six shapes are upper bounds only (host overhead included).
 
 **Predictions.**  Issue 15's warp-specialized forward (producer warp, transform warpgroups writing
 F(x) into a smem ring, two SS-WGMMA consumers, persistent, N-rasterised, bN = 192 for N in
 {192, 384}, a resident-panel variant for K <= 384) and its diagnostic variants (``fid``: F =
-identity, ``nomma``: no MMA) from the design (F's issue slots taken from the old kernel's SASS),
-or from the SASS of a registered ``rational_gemm_fwd_sm90ws_*`` variant when one exists;
-issue 16's backward (warp-specialized dgrad with the dx / partials / ``[F(x) | 1]`` epilogue,
-one cuBLAS wgrad, the fold).  It is a model: the GPU decides.
+identity, ``nomma``: no MMA) from the design -- F's issue slots taken from the old kernel's SASS --
+or from the SASS of a registered ``rational_gemm_fwd_sm90ws_bf16_A`` when one exists (through
+``cutlass_kernels.sass.role_counts``); issue 16's backward (warp-specialized dgrad whose epilogue
+writes dx, the partials and ``[F(x) | 1]``, one cuBLAS wgrad, the fold).
 """
 from __future__ import annotations
 
@@ -167,13 +170,20 @@ def old_kernels(inp: SassInputs, spec: GpuSpec) -> tuple[km.SerialKernel, km.Ser
             inp.serial("wgrad", spec, (128, 128, 32), 0.5))
 
 
-def ws_design(inp: SassInputs, resident: bool = False, mode: str = "full") -> km.WsForward:
+def ws_design(inp: SassInputs, resident: bool = False, mode: str = "full", share: int = 1) -> km.WsForward:
+    """Issue 15's forward: F's slots from a registered sm90ws variant's SASS when there is one, else
+    the old kernel's F body plus the ring I/O (the design)."""
     if inp.ws_slots is not None:
         slots, src = inp.ws_slots, f"SASS {WS_NAME} ({inp.ws_slots:.1f} slots/el)"
     else:
         slots = inp.f_body + km.RING_SLOTS
         src = f"design ({inp.f_body:.1f} F + {km.RING_SLOTS} ring = {slots:.1f} slots/el)"
-    return km.WsForward(slots, inp.fwd_epilogue, src, resident, mode)
+    note = {"fid": "; F = identity: the MMA/pipeline floor", "nomma": "; no MMA: the ALU floor"}.get(mode, "")
+    if resident:
+        note += "; 128xK panel resident: F once per element"
+    if share > 1:
+        note += f"; {share}-CTA cluster: 1/{share} of the transform each"
+    return km.WsForward(slots, inp.fwd_epilogue, src + note, resident, mode, share)
 
 
 def dgrad_epilogue_slots(inp: SassInputs, lean: bool = False) -> float:

@@ -130,7 +130,9 @@ class WsForward:
 
     ``slots_per_element``: transform-warp issue slots per element of x (F plus ring I/O);
     ``epilogue_slots``: slots per output element (bias, convert, store), overlapped except for
-    the last tile; ``resident``: the 128 x K transformed panel stays in smem while the CTA sweeps N.
+    the last tile; ``resident``: the 128 x K transformed panel stays in smem while the CTA sweeps N;
+    ``share``: CTAs of a cluster along N that split one A tile's transform (issue 15 item 3: each
+    transforms 1/share of it and stores to all through DSMEM).
     """
 
     slots_per_element: float
@@ -138,6 +140,7 @@ class WsForward:
     source: str
     resident: bool = False
     mode: str = "full"  # "full" | "fid" (F = identity: ring copy only) | "nomma" (no MMA)
+    share: int = 1
 
 
 def ws_block_n(n: int) -> int:
@@ -153,7 +156,7 @@ def ws_fwd_us(spec: GpuSpec, fit: Fit, design: WsForward, shape: tuple[int, int,
     if design.resident:  # F once per 128-row panel the run touches (at most one more than it spans)
         elements_sm = min(tiles_sm, _cdiv(tiles_sm, n_tiles) + 1) * bm * kp
     else:
-        elements_sm = tiles_sm * bm * kp
+        elements_sm = tiles_sm * bm * kp / design.share
     slots = RING_SLOTS if design.mode == "fid" else design.slots_per_element
     alu = elements_sm * slots / (32 * spec.smsps) / ETA_ISSUE
     mma = 0.0 if design.mode == "nomma" else mma_cycles(spec, fit, tiles_sm * bm * bn * kp)

@@ -94,10 +94,11 @@ def forward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[list
         variants = [("cuBLAS F.linear", cub, "roofline at eta_mma"),
                     ("unfused pair", km.unfused_fwd_us(spec, f, shape, inp.ew_fwd), "elementwise (SASS) + cuBLAS"),
                     ("old fused", fused_fwd_us(spec, f, inp, shape, "old"), old_src)]
-        for name, resident, mode in (("ws", False, "full"), ("ws resident", True, "full"),
-                                     ("ws fid", False, "fid"), ("ws nomma", False, "nomma")):
-            if hopper and not (resident and shape[1] > 384):
-                d = ws_design(inp, resident, mode)
+        for name, resident, mode, share in (("ws", False, "full", 1), ("ws resident", True, "full", 1),
+                                            ("ws cluster2", False, "full", 2), ("ws fid", False, "fid", 1),
+                                            ("ws nomma", False, "nomma", 1)):
+            if hopper and not (resident and shape[1] > 384) and not (share > 1 and shape[1] < 768):
+                d = ws_design(inp, resident, mode, share)
                 variants.append((name, km.ws_fwd_us(spec, f, d, shape), d.source))
         rows += _rows(label, shape, variants, cub, "vs_cublas", meas)
     return rows
