@@ -203,8 +203,8 @@ def unfused_bwd_us(spec: GpuSpec, fit: Fit, shape: tuple[int, int, int], bwdf_sl
     and x, writing dx and ``[F(x) | 1]`` (``bwdf_slots`` per element); one cuBLAS GEMM
     ``dY^T [F(x) | 1]``; the partial fold."""
     m, k, n = shape
-    return (cublas_gemm_us(spec, fit, m, k, n) + elementwise_us(spec, fit, 2 * (3 * m * k + m * (k + 8)), m * k, bwdf_slots)
-            + cublas_gemm_us(spec, fit, n, k + 8, m) + FOLD_US)
+    bwdf = elementwise_us(spec, fit, 2 * (3 * m * k + m * (k + 8)), m * k, bwdf_slots)
+    return cublas_gemm_us(spec, fit, m, k, n) + bwdf + cublas_gemm_us(spec, fit, n, k + 8, m) + FOLD_US
 
 
 def new_bwd_us(spec: GpuSpec, fit: Fit, epilogue_slots: float, shape: tuple[int, int, int]) -> float:

@@ -112,7 +112,8 @@ def backward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[lis
     for label, shape in KAT_SHAPES:
         lin = km.linear_bwd_us(spec, f, shape)
         variants = [("linear backward", lin, "cuBLAS dgrad + wgrad + bias column sum"),
-                    ("unfused 3-launch", km.unfused_bwd_us(spec, f, shape, inp.ew_bwdf), "cuBLAS x2 + elementwise (SASS) + fold"),
+                    ("unfused 3-launch", km.unfused_bwd_us(spec, f, shape, inp.ew_bwdf),
+                     "cuBLAS x2 + elementwise (SASS) + fold"),
                     ("old fused bwd", fused_bwd_us(spec, f, inp, shape, "old"),
                      f"SASS {OLD_DGRAD} + {OLD_WGRAD}" if hopper else "sm_90a SASS scaled to the 128x128x32 tile")]
         if hopper:
@@ -163,13 +164,15 @@ def format_report(rep: dict) -> str:
         out.append(f"{r['what']:<20} {','.join(map(str, r['shape'])):<17} {r['run']:<5} {r['kind']:<5} {r['role']:<9} "
                    f"{r['measured_us']:>8.1f} {r['predicted_us']:>8.1f} {100 * r['error']:>+6.1f}%")
     viol = s["wall_bounds"]["violations"]
-    out.append(f"wall-time bounds: {s['wall_bounds']['n'] - len(viol)} of {s['wall_bounds']['n']} hold (model <= wall min)"
+    n_bounds = s["wall_bounds"]["n"]
+    out.append(f"wall-time bounds: {n_bounds - len(viol)} of {n_bounds} hold (model <= wall min)"
                + "".join(f"; exceeded: {v['what']} {v['shape']}" for v in viol))
     cf = rep["cross_fit"]
     out.append(f"cross-check: phi_old fitted on the old backward instead ({cf['phi_old_from_bwd']:.3f}; backward then "
                f"{100 * cf['bwd_error']:+.1f}%) puts the old forward at {100 * cf['fwd_error']:+.1f}%")
     for title, key, ratio in (("forward", "forward", "vs_cublas"), ("backward", "backward", "vs_linear_bwd")):
-        out += ["", f"{title} predictions ({rep['gpu']}), us; ratio to {'cuBLAS F.linear' if ratio == 'vs_cublas' else 'linear backward'}",
+        ref = "cuBLAS F.linear" if ratio == "vs_cublas" else "linear backward"
+        out += ["", f"{title} predictions ({rep['gpu']}), us; ratio to {ref}",
                 f"{'shape':<10} {'variant':<18} {'model us':>8} {'ratio':>6}  {'measured us':<15} source"]
         out += [f"{r['shape']:<10} {r['variant']:<18} {r['predicted_us']:>8.1f} {r[ratio]:>5.2f}x  {r['measured_us']:<15} "
                 f"{r['source']}" for r in rep[key]]
