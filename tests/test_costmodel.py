@@ -197,3 +197,18 @@ def test_ws_uses_measured_role_counts_when_present(monkeypatch):
     assert slots == pytest.approx(12.5)
     measured = cm.ws_design(replace(cm.DEFAULT_SLOTS, ws_slots=slots))
     assert measured.slots_per_element == pytest.approx(12.5) and cm.WS_NAME in measured.source
+
+
+def test_a_registered_ws_variant_that_does_not_build_falls_back_to_the_design(monkeypatch):
+    real = cs.variant_sass
+
+    def fake(name, arch="sm_90a", cache_dir=None):
+        if name == cm.WS_NAME:
+            raise RuntimeError("building it failed: test")
+        return real(name, arch, cache_dir)
+
+    monkeypatch.setattr(cs, "find_variants", lambda prefix: [cm.WS_NAME])
+    monkeypatch.setattr(cs, "variant_sass", fake)
+    inp = cm.sass_inputs()
+    assert inp.ws_slots is None and "did not build" in inp.source
+    assert "design" in cm.ws_design(inp).source
