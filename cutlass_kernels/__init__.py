@@ -15,4 +15,8 @@ import time.  Layout:
 * :mod:`.launch`    torch-facing launchers (same signatures as ``fusedkat.ops.torch_impl``)
 * :mod:`.dispatch_probe`  tells ``fusedkat.ops.dispatch`` whether the kernels can run
 * :mod:`.gemm`      fused rational GEMMs (issues 6/7)
+* :mod:`.costmodel` static cycle model (SASS counts x pipe rates, validated on the H100 results):
+  ``python -m cutlass_kernels.costmodel``; its parts :mod:`.costmodel_sass` (loops and issue slots
+  per role), :mod:`.costmodel_hw` (GPU constants), :mod:`.costmodel_data` (the measurements),
+  :mod:`.costmodel_kernels` (time formulas), :mod:`.costmodel_report` (tables)
 """

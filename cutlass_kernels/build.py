@@ -62,14 +62,19 @@ def _roles(cubin: Path) -> dict[str, dict[str, int]]:
     return {role: dict(sorted(c.items())) for role, c in sass.role_counts(sass.sass_text(cubin)).items()}
 
 
+def cache_key(variant: Variant, arch: str) -> str:
+    """The compile-cache key of ``(variant, arch)``: name, target, kwargs, arch, sources, DSL version."""
+    return make_key("build", variant.name, variant.target, variant.kwargs, arch,
+                    source_fingerprint(variant.fingerprint_modules()), dsl_version())
+
+
 def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
     """Build (or reuse) one (variant, arch) and return its row; never raises."""
     row: dict = {"kernel": variant.name, "arch": arch, "registers": None, "spills": None, "sass": {},
                  "seconds": None, "cached": False, "ok": False, "errors": [], "expect": dict(variant.expect_sass)}
     t0 = time.perf_counter()
     try:
-        key = make_key("build", variant.name, variant.target, variant.kwargs, arch,
-                       source_fingerprint(variant.fingerprint_modules()), dsl_version())
+        key = cache_key(variant, arch)
         if cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="fusedkat-build-") as tmp:
                 meta = _build_entry(variant, arch, Path(tmp))
