@@ -35,6 +35,7 @@ group ``k // (K // g)``.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -51,6 +52,22 @@ def check_form(form: Any) -> str:
     return form
 
 
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a one-line ValueError naming it.
+
+    ``bool`` is rejected although it is an ``int`` subclass (``GroupRational(True)`` is a mistake,
+    not one group); so are floats, even integral ones.  Integer types such as numpy's are accepted
+    (anything with ``__index__``) and returned as ``int``.
+    """
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class RationalSpec:
     """Degrees and denominator form of a rational function (hashable, usable as a cache key)."""
@@ -61,10 +78,8 @@ class RationalSpec:
 
     def __post_init__(self) -> None:
         check_form(self.form)
-        if not (isinstance(self.m, int) and self.m >= 0):
-            raise ValueError(f"numerator degree m must be an int >= 0, got {self.m!r}")
-        if not (isinstance(self.n, int) and self.n >= 1):
-            raise ValueError(f"denominator degree n must be an int >= 1, got {self.n!r}")
+        object.__setattr__(self, "m", check_int(self.m, "numerator degree m", 0))
+        object.__setattr__(self, "n", check_int(self.n, "denominator degree n", 1))
 
     @property
     def num_numerator(self) -> int:

@@ -36,15 +36,22 @@ class TorchMath:
         return torch.reciprocal(t)
 
 
+def rows_of(x: torch.Tensor) -> int:
+    """M, the product of x's leading dimensions (``[..., K] -> M``), also when K == 0.
+
+    Used instead of ``reshape(-1, K)``, which is ambiguous for K == 0 (and for the output's
+    N == 0); a -1 also lets inductor's no-op-view check compare a dynamic sequence length with K/g
+    and guard on it (an extra recompile when they happen to be equal) [issue 4].
+    """
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    return rows
+
+
 def _grouped(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """``[..., K] -> [M, g, K/g]`` in ``dtype`` (a view when possible)."""
-    k = x.shape[-1]
-    rows = 1
-    for d in x.shape[:-1]:  # explicit row count, not -1: see below
-        rows = rows * d
-    # A -1 here lets inductor's no-op-view check compare a dynamic sequence length with K/g and
-    # guard on it (an extra recompile when they happen to be equal) [issue 4].
-    return x.reshape(rows, groups, k // groups).to(dtype)
+    return x.reshape(rows_of(x), groups, x.shape[-1] // groups).to(dtype)
 
 
 def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -142,8 +149,9 @@ def rational_linear_backward(
     grad_out, ``(N,)``) is returned whatever ``has_bias`` says, as custom ops cannot return None.
     """
     k, n_out = x.shape[-1], weight.shape[0]
-    go = grad_out.reshape(-1, n_out)
-    f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
+    rows = rows_of(x)
+    go = grad_out.reshape(rows, n_out)
+    f = group_rational_forward(x, numerator, denominator, form).reshape(rows, k)
     d_weight = (go.t() @ f).to(weight.dtype)
     d_bias = go.sum(dim=0, dtype=compute_dtype(go)).to(weight.dtype)
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
