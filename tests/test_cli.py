@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusedkat.cli import main
+from cli_inprocess import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -205,7 +205,7 @@ def test_convert_errors(vit_file, tmp_path, capsys):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     assert main(["convert", str(garbage), str(tmp_path / "o.pth")]) == 1
-    assert "could not read" in _one_error_line(capsys.readouterr().err, "fusedkat convert")
+    assert "is a text file" in _one_error_line(capsys.readouterr().err, "fusedkat convert")
     assert not (tmp_path / "o.pth").exists()
 
 

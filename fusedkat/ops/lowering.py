@@ -64,25 +64,26 @@ def _keep_opaque() -> Any:
 def _group_rational(x, numerator, denominator, form="A"):
     if not decompose_on(x.device, "group_rational_forward"):
         return _keep_opaque()
-    return torch_impl.group_rational_forward(x, numerator, denominator, form)
+    return torch_impl.group_rational_forward(x, numerator, denominator, form, branchless=True)
 
 
 def _group_rational_backward(grad, x, numerator, denominator, form):
     if not decompose_on(x.device, "group_rational_backward"):
         return _keep_opaque()
-    return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+    return torch_impl.group_rational_backward(grad, x, numerator, denominator, form, branchless=True)
 
 
 def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
     if not decompose_on(x.device, "rational_linear_forward"):
         return _keep_opaque()
-    return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form)
+    return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form, branchless=True)
 
 
 def _rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form):
     if not decompose_on(x.device, "rational_linear_backward"):
         return _keep_opaque()
-    return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
+    return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form,
+                                               branchless=True)
 
 
 def decompositions() -> dict[Any, Callable[..., Any]]:
