@@ -45,10 +45,10 @@ def checkpoint_format(path: str) -> str:
 
 def _looks_like_text(head: bytes) -> bool:
     try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # (a multi-byte character cut at the end also lands here: fine)
         return False
-    return True
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
 def _is_classifier(key: str, classifier: str) -> bool:
