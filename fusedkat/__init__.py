@@ -41,7 +41,7 @@ def _register_ops() -> None:
 
 
 def _register_timm_models() -> None:
-    importlib.import_module(".models", __name__)  # its @register_model decorators fill timm's registry
+    importlib.import_module(".models.kat", __name__)  # its @register_model calls fill timm's registry
 
 
 _after_import("torch", _register_ops)

@@ -32,19 +32,19 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
 
 def load_vit(model_name: str, path: str) -> torch.nn.Module:
     """Build timm's ``model_name`` and load ``path`` into it strictly (head size taken from the file)."""
+    from ..models.checkpoint import KATCheckpointError, checkpoint_format
+
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        raise CLIError(f"checkpoint file not found: {path}")
+    try:  # a missing, empty or text file is reported before timm is even imported
+        checkpoint_format(path)
+    except KATCheckpointError as e:
+        raise CLIError(str(e))
     import timm
     from timm.models import load_state_dict
 
     if not timm.is_model(model_name):
         raise CLIError(f"unknown timm model {model_name!r} (see timm.list_models('vit_*'))")
-    if not os.path.isfile(path):
-        raise CLIError(f"checkpoint file not found: {path}")
-    from ..models.checkpoint import KATCheckpointError, checkpoint_format
-
-    try:
-        checkpoint_format(path)
-    except KATCheckpointError as e:
-        raise CLIError(str(e))
     try:
         sd = load_state_dict(path, weights_only=True)  # handles 'state_dict' / 'model' wrappers, safetensors
     except Exception as e:
@@ -106,8 +106,6 @@ def run_convert(
     """
     import sys
 
-    from ..models import vit_to_kat
-
     stream = stream or sys.stdout
     if form not in ("A", "B"):
         raise CLIError(f"--form must be A or B, got {form!r}")
@@ -116,6 +114,8 @@ def run_convert(
         raise CLIError("the output file must differ from the input checkpoint")
     check_writable(out, force=force, what="output file")
     vit = load_vit(model, src)
+    from ..models import vit_to_kat
+
     try:
         kat = vit_to_kat(vit, form=form, num_groups=num_groups).eval()
     except (ValueError, TypeError, NotImplementedError) as e:
@@ -143,7 +143,7 @@ def run_convert(
         # num_classes goes into the overlay too: otherwise timm drops a head whose size differs
         # from the pretrained cfg's 1000 classes.
         print(f"load it with: timm.create_model({name!r}, pretrained=True{nc}, "
-              f"pretrained_cfg_overlay=dict(file={str(out)!r}{nc}))  # after `import fusedkat.models`", file=stream)
+              f"pretrained_cfg_overlay=dict(file={str(out)!r}{nc}))  # after `import fusedkat`", file=stream)
         info["timm_name"] = name
     else:
         print(f"load it with: fusedkat.models.vit_to_kat(timm.create_model({model!r}{nc}), form={form!r}, "
