@@ -32,7 +32,9 @@ def _one_error_line(err: str, prog: str) -> str:
 def test_console_script_is_registered():
     eps = [e for e in entry_points(group="console_scripts") if e.name == "fusedkat"]
     assert eps and eps[0].value == "fusedkat.cli:main"
-    assert eps[0].load() is main
+    import fusedkat.cli
+
+    assert eps[0].load() is fusedkat.cli.main
 
 
 def test_usage_errors_are_one_line_and_exit_2(capsys):

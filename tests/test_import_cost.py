@@ -101,3 +101,16 @@ def test_real_sigint_while_torch_imports_is_one_line():
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert err.strip() == "fusedkat info: interrupted", err
+
+
+def test_import_time_benchmark_runs_and_help_is_cheaper_than_torch(tmp_path):
+    """bench.import_time end to end (1 round): the JSON has every case; ``fusedkat --help`` does
+    not import torch, so it is far below the 1.5x goal (a wide margin: a loaded machine is noisy)."""
+    js = tmp_path / "t.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "bench.import_time", "--runs", "1", "--json", str(js)],
+                       capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(js.read_text())["summary"]
+    assert set(s) >= {"import torch", "fusedkat --help", "import fusedkat, timm"}
+    assert s["fusedkat --help"]["ratio_to_import_torch"] < 1.0
