@@ -11,7 +11,7 @@ import fusedkat
 from fusedkat.ops import dispatch
 
 
-def _run_interleaved(order: list[tuple[str, str]], names: dict[str, str]) -> tuple[list, list]:
+def _run_interleaved(order: list[tuple[str, str]], names: dict[str, str], make=None, probe=None) -> tuple[list, list]:
     """Run one thread per key of ``names``; each enters ``use_backend(names[t])`` and leaves it,
     stepping exactly in ``order`` ((thread, "enter"|"exit") pairs), coordinated by events.
 
@@ -23,7 +23,7 @@ def _run_interleaved(order: list[tuple[str, str]], names: dict[str, str]) -> tup
     def worker(tid: str) -> None:
         my_steps = [i for i, (t, _) in enumerate(order) if t == tid]
         try:
-            cm = fusedkat.use_backend(names[tid])
+            cm = (make or fusedkat.use_backend)(names[tid])
             for i in my_steps:
                 assert go[i].wait(10), f"step {i} never started"
                 if order[i][1] == "enter":
@@ -43,7 +43,7 @@ def _run_interleaved(order: list[tuple[str, str]], names: dict[str, str]) -> tup
     for i in range(len(order)):
         go[i].set()
         assert done[i].wait(10), f"step {i} {order[i]} did not finish"
-        seen.append(dispatch.requested_backend())
+        seen.append((probe or dispatch.requested_backend)())
     for th in threads:
         th.join(10)
     return seen, errors
@@ -90,3 +90,20 @@ def test_nested_in_one_thread_still_restores_outer():
             assert dispatch.requested_backend() == "cute"
         assert dispatch.requested_backend() == "torch"
     assert dispatch._stack == []
+
+
+def test_nvtx_ranges_blocks_across_threads_keep_the_innermost_live_setting():
+    """The same class of bug in fusedkat.profiling.nvtx_ranges (it restored the setting saved at its
+    entry, so A leaving while B was inside switched B's ranges off)."""
+    from fusedkat import profiling
+
+    assert not profiling.is_enabled()
+    order = [("A", "enter"), ("B", "enter"), ("A", "exit"), ("B", "exit")]
+    seen, errors = _run_interleaved(order, {"A": True, "B": True}, make=lambda on: profiling.nvtx_ranges(on),
+                                    probe=profiling.is_enabled)
+    assert errors == [] and seen == [True, True, True, False]
+    order = [("A", "enter"), ("B", "enter"), ("A", "exit"), ("B", "exit")]
+    seen, errors = _run_interleaved(order, {"A": True, "B": False}, make=lambda on: profiling.nvtx_ranges(on),
+                                    probe=profiling.is_enabled)
+    assert errors == [] and seen == [True, False, False, False]
+    assert not profiling.is_enabled()

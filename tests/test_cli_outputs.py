@@ -64,8 +64,9 @@ def test_convert_unwritable_destination_fails_before_the_conversion(vit_src, tmp
 
 def test_demo_checks_json_and_out_before_training(tmp_path, capsys):
     t0 = time.perf_counter()
-    assert main(["demo", "--no-compile", "--steps", "1", "--json", str(tmp_path)]) == 1
+    assert main(["demo", "--no-compile", "--steps", "1", "--out", str(tmp_path / "plots"), "--json", str(tmp_path)]) == 1
     assert "--json file" in _one_error_line(capsys.readouterr().err, "fusedkat demo")
+    assert not (tmp_path / "plots").exists()  # nothing created when a check fails
     f = tmp_path / "a_file"
     f.write_text("x")
     assert main(["demo", "--no-compile", "--steps", "1", "--out", str(f)]) == 1

@@ -102,12 +102,12 @@ def run_demo(
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
     # Outputs are checked before minutes of training, not after (nothing written yet).
     out = Path(out_dir)
-    if plots:
+    if json_path is not None:
+        check_writable(json_path, what="--json file")
+    if plots:  # last: creates the folder (only once every other check passed)
         check_writable_dir(out, what="--out folder")
         for name in PLOT_FILES:
             check_writable(out / name, what="plot")
-    if json_path is not None:
-        check_writable(json_path, what="--json file")
 
     train, test = load_digits_split(seed=seed)
     if batch_size > len(train):
