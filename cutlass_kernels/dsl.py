@@ -49,6 +49,16 @@ class DslMath:
     def select(cond: Any, a: Any, b: Any) -> Any:
         return Float32(cutlass.select_(cond, a, b))
 
+    @staticmethod
+    def fallback(ok: Any, values: list, far: Any) -> list:
+        """``values`` where ``ok``, else ``far()``, as a real branch (``scf.if``): the large-|x|
+        evaluation of rational_math runs only when a value needs it (rare), so the hot path pays
+        the finiteness test and a (uniform, untaken) branch instead of a second evaluation."""
+        from cutlass.cutlass_dsl import if_generate
+
+        res = if_generate(ok, lambda: list(values), lambda: list(far()), None, [Float32] * len(values))
+        return list(res) if isinstance(res, (list, tuple)) else [res]
+
 
 def dsl_type(name: str) -> Any:
     """``"bf16" -> cutlass.BFloat16`` etc."""

@@ -225,7 +225,7 @@ def fit_rational(
         :class:`RationalFit` with ``.numerator`` (m+1,), ``.denominator`` (n,), ``.mse``.
         Identity is exact (a = (0, 1, 0, ...), b = 0, mse 0).
     """
-    spec = rm.RationalSpec(int(m), int(n), form)  # validates degrees and form
+    spec = rm.RationalSpec(m, n, form)  # validates degrees (ints, not bools or floats) and form
     if not (isinstance(target, str) or callable(target)):
         raise TypeError(f"target must be an activation name or a callable, got {type(target).__name__}")
     interval = (float(interval[0]), float(interval[1]))

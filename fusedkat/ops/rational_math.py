@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 FORMS: tuple[str, ...] = ("A", "B")
 DEFAULT_ORDER: tuple[int, int] = (5, 4)
@@ -169,9 +169,9 @@ def denominator(b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
 #     W_i = x^i / Q:  W_n = sgn(x)^n inv,  W_(i-1) = W_i s,  W_(i+1) = W_i x
 #     dF/da_i = W_i;  dF/db_j = -F |W_j| sgn(b_j) (A)  or  -F W_j sgn(A(x)) (B),  sgn(A) = sgn(x)^n sgn(Br)
 #
-# Both evaluations run and a select picks one per element (branchless, as kernels need it); the
-# direct one wherever it is finite, so results for ordinary inputs are unchanged (and the identity
-# rational, whose leading coefficients are zero, stays exact for every x).
+# The direct evaluation is kept wherever it is finite, so results for ordinary inputs are unchanged
+# (and the identity rational, whose leading coefficients are zero, stays exact for every x); the
+# 1/x one replaces it elsewhere (:func:`rescue`: a select on torch, a branch in the kernels).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -185,6 +185,19 @@ def _times_power(v: Any, x: Any, s: Any, e: int) -> Any:
 def _sign_power(v: Any, sg: Any, e: int) -> Any:
     """v * sg^e for sg = +-1."""
     return v * sg if e % 2 else v
+
+
+def rescue(ok: Any, values: list, far: Callable[[], list], ops: MathOps) -> list:
+    """``values`` where ``ok``, else ``far()``, element by element.
+
+    With a ``fallback`` method on ``ops`` (the CuTe DSL: a real branch, ``scf.if``) ``far()`` runs
+    only where some element needs it, so the kernels' hot path pays just the finiteness test and
+    a branch; otherwise (torch, numpy) both are evaluated and selected (branchless, fusable).
+    """
+    fallback = getattr(ops, "fallback", None)
+    if fallback is not None:
+        return fallback(ok, values, far)
+    return [ops.select(ok, v, w) for v, w in zip(values, far())]
 
 
 def in_range(p: Any, q: Any, ops: MathOps) -> Any:
@@ -225,7 +238,7 @@ def forward_far(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: Math
 def forward(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
     """F(x) = P(x) / Q(x), finite wherever the true value is (Horner on x, or on 1/x where that overflows)."""
     f, ok = forward_direct(a, b, x, form, ops)
-    return ops.select(ok, f, forward_far(a, b, x, form, ops))
+    return rescue(ok, [f], lambda: [forward_far(a, b, x, form, ops)], ops)[0]
 
 
 @dataclass
@@ -333,10 +346,16 @@ def select_terms(ok: Any, t: GradTerms, far: GradTerms, ops: MathOps) -> GradTer
                      den_grad=[sel(u, v) for u, v in zip(t.den_grad, far.den_grad)], den_sign=t.den_sign)
 
 
+def _flat(t: GradTerms) -> list:
+    return [t.f, t.dfdx, *t.num_grad, *t.den_grad]
+
+
 def grad_terms(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> GradTerms:
     """F, dF/dx and the coefficient derivatives at x, finite wherever the true values are."""
     t, ok = grad_terms_direct(a, b, x, form, ops)
-    return select_terms(ok, t, grad_terms_far(a, b, x, form, ops), ops)
+    vals = rescue(ok, _flat(t), lambda: _flat(grad_terms_far(a, b, x, form, ops)), ops)
+    m1 = len(t.num_grad)
+    return GradTerms(f=vals[0], dfdx=vals[1], num_grad=vals[2:2 + m1], den_grad=vals[2 + m1:], den_sign=t.den_sign)
 
 
 def identity_coefficients(m: int = DEFAULT_ORDER[0], n: int = DEFAULT_ORDER[1]) -> tuple[list[float], list[float]]:
