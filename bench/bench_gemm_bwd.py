@@ -94,15 +94,11 @@ def _official_style_backward(go, x, num, den, w, form="A"):
     dx = (g_in * t.dfdx).to(x.dtype)
     slots = grp.expand(rows, k).reshape(-1)
     d_num = torch.zeros(g, num.shape[1], device=x.device)
-    term = g_in * t.inv_q
-    for i in range(num.shape[1]):
-        d_num[:, i].index_add_(0, slots, term.reshape(-1))
-        term = term * xf
+    for i, w in enumerate(t.num_grad):
+        d_num[:, i].index_add_(0, slots, (g_in * w).reshape(-1))
     d_den = torch.zeros_like(den)
-    term = g_in * t.neg_f_over_q
-    for j in range(den.shape[1]):
-        term = term * t.base
-        signed = term * (t.den_sign[j] if isinstance(t.den_sign, list) else t.den_sign)
+    for j, v in enumerate(t.den_grad):
+        signed = g_in * v * (t.den_sign[j] if t.den_sign is not None else 1.0)
         d_den[:, j].index_add_(0, slots, signed.reshape(-1))
     f = (t.f).to(x.dtype)
     return dx, d_num.sum(0, keepdim=True), d_den, go.t() @ f, go.sum(0, dtype=torch.float32)

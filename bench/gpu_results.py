@@ -27,6 +27,8 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any, Optional
 
+from fusedkat.files import OutputError, atomic_write_text, check_writable
+
 BENCH_FILES = {"gemm_fwd": "bench_gemm_fwd.json", "gemm_bwd": "bench_gemm_bwd.json", "model_step": "model_step.json",
                "gemm_fwd_ws": "bench_gemm_fwd_ws.json"}
 
@@ -119,12 +121,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if not os.path.isdir(args.results_dir):
         p.error(f"no such folder: {args.results_dir}")
+    if args.out:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            check_writable(args.out, what="--out file")
+        except (OSError, OutputError) as e:
+            p.error(str(e))
     summary = summarize(args.results_dir, args.note)
     text = json.dumps(summary, indent=1, sort_keys=True)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(args.out, text + "\n")
         print(args.out)
     else:
         print(text)

@@ -25,6 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from fusedkat.files import OutputError, atomic_save, atomic_write_text, check_writable, check_writable_dir
+
 BASELINES = ("looped", "vectorized")
 PASSES = ("fwd", "fwd+bwd")
 
@@ -310,7 +312,7 @@ def plot_rational(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"rational_{p.replace('+', '_')}.png"
-        fig.savefig(path, dpi=110)
+        atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
         plt.close(fig)
         written.append(path)
     return written
@@ -337,7 +339,7 @@ def plot_activation(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     path = out_dir / "activation.png"
-    fig.savefig(path, dpi=110)
+    atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
     return [path]
 
@@ -353,10 +355,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md = render(data)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.json).with_name(Path(args.json).stem + "_report")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(md)
+    try:
+        check_writable_dir(out_dir, what="--out-dir folder")
+        check_writable(out_dir / "report.md", what="report")
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    md = render(data)
+    atomic_write_text(out_dir / "report.md", md)
     written = []
     if not args.no_plots:
         written += plot_rational(_rows(data, "rational"), out_dir)

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from fusedkat.files import OutputError, atomic_write_text, check_writable  # stdlib only: no fusedkat.app
+
 
 def _time_ms(fn: Callable[[], object], warmup: int, reps: int) -> float:
     for _ in range(warmup):
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write rows as JSON")
     p.add_argument("--quick", action="store_true", help="one shape per dtype, fewer repetitions")
     args = p.parse_args(argv)
+    if args.json:
+        try:  # before the benchmark, not after it
+            check_writable(args.json, what="--json file")
+        except OutputError as e:
+            p.error(str(e))
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to benchmark", file=sys.stderr)
         return 2
@@ -113,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"device": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
             "torch": torch.__version__, "timing": "CUDA events, median, after warm-up; bytes = x+y (fwd), g+x+dx (bwd)"}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+        atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1))
     return 0
 
 

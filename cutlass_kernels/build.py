@@ -31,6 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from fusedkat.files import OutputError, atomic_write_text, check_writable  # stdlib only: no fusedkat.app
+
 from .arch import DEFAULT_BUILD_ARCHES, normalize_arch
 from .cache import CompileCache, dsl_version, make_key, source_fingerprint
 from .registry import Variant, all_variants, role_check_failures, sass_expectation_failures
@@ -141,6 +143,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-cache", action="store_true", help="compile everything afresh, keep nothing")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     args = p.parse_args(argv)
+    if args.json:
+        try:  # before the builds, not after them
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            check_writable(args.json, what="--json file")
+        except (OSError, OutputError) as e:
+            p.error(str(e))
     try:
         arches = [normalize_arch(a) for a in args.arch.split(",") if a.strip()]
     except ValueError as e:
@@ -168,8 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "traceback" in r:
             print(f"\n--- {r['kernel']} @ {r['arch']}\n{r['traceback']}", file=sys.stderr)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "traceback"} for r in rows], indent=1))
+        atomic_write_text(args.json, json.dumps([{k: v for k, v in r.items() if k != "traceback"} for r in rows], indent=1))
     return 1 if (args.check and bad) else 0
 
 

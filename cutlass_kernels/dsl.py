@@ -21,7 +21,7 @@ from .arch import normalize_arch
 
 
 class DslMath:
-    """abs / sgn / rcp on DSL Float32 scalars (rcp is the fast ``rcp.approx.ftz.f32``)."""
+    """abs / sgn / rcp / isfinite / select on DSL Float32 scalars (rcp is the fast ``rcp.approx.ftz.f32``)."""
 
     @staticmethod
     def abs(t: Any) -> Any:
@@ -35,8 +35,29 @@ class DslMath:
     @staticmethod
     def rcp(t: Any) -> Any:
         # IEEE division spilled registers in the GEMM prologue (DESIGN.md sec. 4); Q >= 1 keeps
-        # the approximate reciprocal well inside its accurate range (rel. error ~2^-22).
+        # the approximate reciprocal well inside its accurate range (rel. error ~2^-22).  Also
+        # used for s = 1/x at large |x| (rational_math's far evaluation): same relative accuracy,
+        # and 1/x flushes to 0 only above 2^126, where F's asymptote is then exact.
         return cute.arch.rcp_approx(t)
+
+    @staticmethod
+    def isfinite(t: Any) -> Any:
+        # |t| <= FLT_MAX is False for +-inf and for NaN (every comparison with NaN is False)
+        return cute.math.abs(t) <= Float32(3.4028234663852886e38)
+
+    @staticmethod
+    def select(cond: Any, a: Any, b: Any) -> Any:
+        return Float32(cutlass.select_(cond, a, b))
+
+    @staticmethod
+    def fallback(ok: Any, values: list, far: Any) -> list:
+        """``values`` where ``ok``, else ``far()``, as a real branch (``scf.if``): the large-|x|
+        evaluation of rational_math runs only when a value needs it (rare), so the hot path pays
+        the finiteness test and a (uniform, untaken) branch instead of a second evaluation."""
+        from cutlass.cutlass_dsl import if_generate
+
+        res = if_generate(ok, lambda: list(values), lambda: list(far()), None, [Float32] * len(values))
+        return list(res) if isinstance(res, (list, tuple)) else [res]
 
 
 def dsl_type(name: str) -> Any:

@@ -222,10 +222,11 @@ def rational_linear_backward(
     if bwd_launch.enabled(x.device) and bwd_launch.unsupported_reason(grad_out, x, numerator, denominator, weight) is None:
         return bwd_launch.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
     k, n_out = x.shape[-1], weight.shape[0]
-    go = grad_out.reshape(-1, n_out)
+    rows = torch_impl.rows_of(x)
+    go = grad_out.reshape(rows, n_out)
     if go.dtype == x.dtype and 0 < go.shape[0] * (k + TAIL) <= _INT32_MAX and x.dtype != torch.float64:
         return _unfused_backward(go, x, numerator, denominator, weight, form)
-    f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
+    f = group_rational_forward(x, numerator, denominator, form).reshape(rows, k)
     d_weight = (go.t() @ f.to(go.dtype)).to(weight.dtype)
     acc = torch.float64 if go.dtype == torch.float64 else torch.float32
     d_bias = go.sum(dim=0, dtype=acc).to(weight.dtype)

@@ -298,18 +298,11 @@ def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str,
     return ``(dx, F(x))`` with dx = g * dF/dx (F(x) is dead code unless the kernel stores it).  Plain Python run at trace time (not DSL-preprocessed), so the
     branches on ``form`` are decided when the kernel is generated."""
     tr = rm.grad_terms(a, b, x, form, ops)
-    m1, n = len(a), len(b)
-    p = g * tr.inv_q  # dF/da_k = x^k / Q
-    for k in range(m1):
-        acc[k] = acc[k] + p
-        if k + 1 < m1:
-            p = p * x
-    q = g * tr.neg_f_over_q  # dF/db_j = -F/Q * s_j * base^j
-    if not isinstance(tr.den_sign, list):  # form B: per-element sign; form A: per coefficient, later
-        q = q * tr.den_sign
-    for j in range(n):
-        q = q * tr.base
-        acc[m1 + j] = acc[m1 + j] + q
+    m1 = len(a)
+    for k, w in enumerate(tr.num_grad):  # dF/da_k = x^k / Q
+        acc[k] = acc[k] + g * w
+    for j, v in enumerate(tr.den_grad):  # dF/db_j (form A: without sgn(b_j), applied later)
+        acc[m1 + j] = acc[m1 + j] + g * v
     return g * tr.dfdx, tr.f
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from .app.errors import CLIError
+from .files import OutputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--form", default="A", help="rational form of the KAT (default A, as the official checkpoints)")
     s.add_argument("--num-groups", type=_positive_int, default=8)
     s.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ViT-vs-KAT logits check")
+    s.add_argument("--force", action="store_true", help="overwrite dst if it exists (default: refuse)")
 
     s = sub.add_parser("bench", help="run the benchmark suite and print the report")
     s.add_argument("--size", default="small", help="small (CPU, minutes) or paper (the paper's sizes, GPU)")
@@ -90,11 +92,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from .app.info import collect, format_info
 
+        from .files import atomic_write_text, check_writable
+
+        if args.json:
+            check_writable(args.json, what="--json file")
         d = collect()
         print(format_info(d))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(d, f, indent=2)
+            atomic_write_text(args.json, json.dumps(d, indent=2) + "\n")
         return 0
     if args.command == "demo":
         from .app.demo import run_demo
@@ -113,7 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .app.convert import run_convert
 
         run_convert(args.src, args.dst, model=args.model, form=args.form, num_groups=args.num_groups,
-                    verify=args.verify)
+                    verify=args.verify, force=args.force)
         return 0
     if args.command == "bench":
         from .app.benchcmd import run_bench
@@ -125,8 +130,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``fusedkat`` script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # Ctrl-C while parsing (or, below, while torch and the command's modules import): one line
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("fusedkat: interrupted", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help()
         return 2
@@ -145,6 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except OutputError as e:  # an output path that cannot (or must not) be written; the message names it
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"{prog}: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
         return 1

@@ -90,6 +90,8 @@ def check_writable(path: PathLike, *, force: bool = True, what: str = "output fi
     if p.exists() and not force:
         raise OutputError(f"{what} {str(p)!r} already exists; pass --force to overwrite it")
     folder = p.parent if str(p.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {what} {str(p)!r}: {str(folder)!r} is a file, not a folder")
     if not folder.is_dir():
         raise OutputError(f"cannot write {what} {str(p)!r}: folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):

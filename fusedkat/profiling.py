@@ -258,22 +258,54 @@ def disable() -> None:
     _remove_hooks()
 
 
-@contextlib.contextmanager
-def nvtx_ranges(enabled: bool = True, *, modules: bool = True, backward: bool = True) -> Iterator[None]:
-    """Emit fusedkat NVTX ranges inside the block (or suppress them with ``enabled=False``);
-    the previous setting is restored on exit."""
-    prev = (_enabled, _backward, bool(_hook_handles))
+class _Setting:
+    """One live ``nvtx_ranges`` block (compared by identity)."""
+
+    __slots__ = ("enabled", "modules", "backward")
+
+    def __init__(self, enabled: bool, modules: bool, backward: bool) -> None:
+        self.enabled, self.modules, self.backward = enabled, modules, backward
+
+
+_blocks: list[_Setting] = []
+_blocks_lock = threading.Lock()
+_outside: Optional[tuple[bool, bool, bool]] = None  # the setting before the first live block
+
+
+def _apply(enabled: bool, modules: bool, backward: bool) -> None:
     if enabled:
         enable(modules=modules, backward=backward)
     else:
         disable()
+
+
+@contextlib.contextmanager
+def nvtx_ranges(enabled: bool = True, *, modules: bool = True, backward: bool = True) -> Iterator[None]:
+    """Emit fusedkat NVTX ranges inside the block (or suppress them with ``enabled=False``).
+
+    The setting is process-wide.  Blocks may be entered and left in any interleaving across threads:
+    the most recently entered block that is still open decides, each block removes exactly its own
+    entry on exit, and when the last one closes the setting from before the first is restored."""
+    global _outside
+    entry = _Setting(enabled, modules, backward)
+    with _blocks_lock:
+        if not _blocks:
+            _outside = (_enabled, bool(_hook_handles), _backward)
+        _blocks.append(entry)
+        _apply(enabled, modules, backward)
     try:
         yield
     finally:
-        if prev[0]:
-            enable(modules=prev[2], backward=prev[1])
-        else:
-            disable()
+        with _blocks_lock:
+            for i in range(len(_blocks) - 1, -1, -1):
+                if _blocks[i] is entry:
+                    del _blocks[i]
+                    break
+            if _blocks:
+                top = _blocks[-1]
+                _apply(top.enabled, top.modules, top.backward)
+            elif _outside is not None:
+                _apply(*_outside)
 
 
 if _env_flag():

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from fusedkat.files import atomic_write_text
 from fusedkat.init import fit as fitmod
 from fusedkat.init.fit import DEFAULT_INTERVAL, DEFAULT_NUM_POINTS, fit_rational
 from fusedkat.init.targets import TARGETS
@@ -49,9 +50,7 @@ def main() -> int:
                or e["mse"] < 0.5 * old["fits"][form][o][name]["mse"] - 1e-15]
         print("stale entries:", bad if bad else "none")
         return 1 if bad else 0
-    with open(fitmod.TABLE_PATH, "w") as f:
-        json.dump(table, f, indent=1, sort_keys=True)
-        f.write("\n")
+    atomic_write_text(fitmod.TABLE_PATH, json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {fitmod.TABLE_PATH}")
     return 0
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusedkat.cli import main
+from cli_inprocess import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,9 @@ def _one_error_line(err: str, prog: str) -> str:
 def test_console_script_is_registered():
     eps = [e for e in entry_points(group="console_scripts") if e.name == "fusedkat"]
     assert eps and eps[0].value == "fusedkat.cli:main"
-    assert eps[0].load() is main
+    import fusedkat.cli
+
+    assert eps[0].load() is fusedkat.cli.main
 
 
 def test_usage_errors_are_one_line_and_exit_2(capsys):
@@ -205,7 +207,7 @@ def test_convert_errors(vit_file, tmp_path, capsys):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     assert main(["convert", str(garbage), str(tmp_path / "o.pth")]) == 1
-    assert "could not read" in _one_error_line(capsys.readouterr().err, "fusedkat convert")
+    assert "is a text file" in _one_error_line(capsys.readouterr().err, "fusedkat convert")
     assert not (tmp_path / "o.pth").exists()
 
 

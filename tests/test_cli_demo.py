@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fusedkat.cli import main
+from cli_inprocess import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

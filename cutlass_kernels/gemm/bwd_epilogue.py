@@ -187,18 +187,11 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
         g = acc[i]
         t = rm.grad_terms(a, b, x, form, DslMath)
         acc[i] = g * t.dfdx
-        # Same recurrences as fusedkat.ops.torch_impl.group_rational_backward.
-        term = g * t.inv_q
+        # The same per-element factors as fusedkat.ops.torch_impl.group_rational_backward.
         for p in cutlass.range_constexpr(m + 1):
-            sums[p] = sums[p] + term
-            if cutlass.const_expr(p < m):
-                term = term * x
-        term = g * t.neg_f_over_q
-        if cutlass.const_expr(per_element_sign):
-            term = term * t.den_sign
+            sums[p] = sums[p] + g * t.num_grad[p]
         for j in cutlass.range_constexpr(n):
-            term = term * t.base
-            sums[m + 1 + j] = sums[m + 1 + j] + term
+            sums[m + 1 + j] = sums[m + 1 + j] + g * t.den_grad[j]
         den_sign = t.den_sign
     if cutlass.const_expr(not per_element_sign):
         for j in cutlass.range_constexpr(n):

@@ -145,8 +145,9 @@ def rational_linear_backward(
     g = denominator.shape[0]
     m, n = numerator.shape[1] - 1, denominator.shape[1]
     shared = numerator.shape[0] == 1
-    x2 = _aligned(x.reshape(-1, k).contiguous())
-    go = _aligned(grad_out.reshape(-1, n_out).to(x.dtype).contiguous())
+    rows = math.prod(x.shape[:-1])  # not -1: ambiguous for K == 0 or N == 0
+    x2 = _aligned(x.reshape(rows, k).contiguous())
+    go = _aligned(grad_out.reshape(rows, n_out).to(x.dtype).contiguous())
     w = _aligned(weight.to(x.dtype).contiguous())
     num32 = _aligned(abi.as_f32(numerator))
     den32 = _aligned(abi.as_f32(denominator))

@@ -31,6 +31,8 @@ from typing import Any, Optional
 
 import torch
 
+from fusedkat.files import atomic_write_text
+
 from fusedkat.ops import rational_math as rm
 
 from .. import abi
@@ -186,9 +188,8 @@ def _save_tuned() -> None:
     try:
         path = _cache_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_TUNED, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # atomic: concurrent processes never see half a file
+        # atomic (temporary file + rename): concurrent processes and Ctrl-C never leave half a file
+        atomic_write_text(path, json.dumps(_TUNED, indent=1, sort_keys=True))
     except OSError:
         pass
 

@@ -219,16 +219,20 @@ class RationalGemmFwdSm80:
         them from an earlier pass) and only reach output rows that are never stored."""
         cfg = self.cfg
         src = tAsA[None, None, None, stage]
-        frag = cute.make_fragment_like(src)
-        cute.autovec_copy(src, frag)
-        for r in range(cute.size(frag, mode=[1])):
-            for kk in range(cute.size(frag, mode=[2])):
+        # One vector at a time (load, F, store): fewer values live at once -- with the whole
+        # fragment in registers the 128x256 tile went past 255 registers once F gained its
+        # large-|x| fallback (rational_math.rescue).
+        for r in range(cute.size(src, mode=[1])):
+            for kk in range(cute.size(src, mode=[2])):
+                vec = src[None, r, kk]
+                frag = cute.make_fragment_like(vec)
+                cute.autovec_copy(vec, frag)
                 col = tAcA[0, r, kk, k_idx][1]
                 a, b = coef_set(sCoef, cutlass.min(col // group_size, last_group), cfg.m, cfg.n)
-                for v in range(cute.size(frag, mode=[0])):
-                    x = frag[v, r, kk].to(cutlass.Float32)
-                    frag[v, r, kk] = rm.forward(a, b, x, cfg.form, DslMath).to(self.dtype)
-        cute.autovec_copy(frag, src)
+                for v in range(cute.size(frag)):
+                    x = frag[v].to(cutlass.Float32)
+                    frag[v] = rm.forward(a, b, x, cfg.form, DslMath).to(self.dtype)
+                cute.autovec_copy(frag, vec)
 
     def _transform(self, tCrA, kb: int, col0, chunks, sCoef, group_size, last_group):
         """F on k-block ``kb`` of the A fragment; ``col0`` = global column of its first element."""

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from ..files import atomic_write_bytes, check_writable, check_writable_dir
 from .errors import CLIError
 
 SIZES = ("small", "paper")
@@ -47,15 +48,25 @@ def run_bench(
         raise CLIError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     bdir = find_bench_dir(bench_dir)
     root = bdir.parent
+    if json_path:  # checked before minutes of benchmarks, not after
+        check_writable(json_path, what="--json file")
+    if out_dir:
+        check_writable_dir(out_dir, what="--out-dir folder")
     out = Path(json_path).resolve() if json_path else Path(tempfile.mkdtemp(prefix="fusedkat-bench-")) / "bench.json"
-    if not out.parent.exists():
-        raise CLIError(f"cannot write --json {json_path}: folder {str(out.parent)!r} does not exist")
     env = dict(os.environ, FUSEDKAT_BENCH_SIZE=size)
-    cmd = [sys.executable, "-m", "pytest", str(bdir), f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"]
+    # pytest-benchmark writes its JSON directly: let it write a temporary name next to the
+    # destination and rename it into place only when the suite passed (nothing half-written).
+    partial = out.with_name(f".{out.name}.partial")
+    cmd = [sys.executable, "-m", "pytest", str(bdir), f"--benchmark-json={partial}", "-q", "-p", "no:cacheprovider"]
     if select:
         cmd += ["-k", select]
     print("running: FUSEDKAT_BENCH_SIZE=" + size + " " + " ".join(cmd[1:]), flush=True)
-    rc = subprocess.call(cmd, cwd=root, env=env)
+    try:
+        rc = subprocess.call(cmd, cwd=root, env=env)
+        if rc == 0:
+            atomic_write_bytes(out, partial.read_bytes())
+    finally:
+        partial.unlink(missing_ok=True)
     if rc != 0:
         raise CLIError(f"the benchmark suite failed (pytest exit status {rc}); see its output above", exit_code=rc)
     report = [sys.executable, "-m", "bench.report", str(out)]

@@ -13,6 +13,7 @@ from typing import Optional, TextIO
 
 import torch
 
+from ..files import atomic_save, check_writable
 from .errors import CLIError
 
 _KAT_NAME = re.compile(r"^vit_(tiny|small|base)_patch16_224(\..*)?$")
@@ -31,13 +32,19 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
 
 def load_vit(model_name: str, path: str) -> torch.nn.Module:
     """Build timm's ``model_name`` and load ``path`` into it strictly (head size taken from the file)."""
+    from ..models.checkpoint import KATCheckpointError, checkpoint_format
+
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        raise CLIError(f"checkpoint file not found: {path}")
+    try:  # a missing, empty or text file is reported before timm is even imported
+        checkpoint_format(path)
+    except KATCheckpointError as e:
+        raise CLIError(str(e))
     import timm
     from timm.models import load_state_dict
 
     if not timm.is_model(model_name):
         raise CLIError(f"unknown timm model {model_name!r} (see timm.list_models('vit_*'))")
-    if not os.path.isfile(path):
-        raise CLIError(f"checkpoint file not found: {path}")
     try:
         sd = load_state_dict(path, weights_only=True)  # handles 'state_dict' / 'model' wrappers, safetensors
     except Exception as e:
@@ -59,6 +66,12 @@ def load_vit(model_name: str, path: str) -> torch.nn.Module:
             f"{path} does not match {model_name}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
+    not_float = [k for k, v in vit.state_dict().items()
+                 if v.is_floating_point() and isinstance(sd[k], torch.Tensor) and not sd[k].is_floating_point()]
+    if not_float:
+        k = not_float[0]
+        raise CLIError(f"{path}: {len(not_float)} tensors are not floating point, e.g. {k} ({sd[k].dtype}); "
+                       f"refusing to cast them silently")
     bad = [k for k, v in vit.state_dict().items() if tuple(sd[k].shape) != tuple(v.shape)]
     if bad:
         k = bad[0]
@@ -82,26 +95,33 @@ def run_convert(
     form: str = "A",
     num_groups: int = 8,
     verify: bool = True,
+    force: bool = False,
     stream: Optional[TextIO] = None,
 ) -> dict:
-    import sys
+    """Convert the ViT checkpoint ``src`` into a KAT state_dict written atomically to ``dst``.
 
-    from ..models import vit_to_kat
+    ``dst`` is checked before any work (a folder, a missing or read-only folder, or an existing
+    file without ``force`` is a one-line error) and written to a temporary file that is renamed
+    into place: Ctrl-C or a crash mid-write leaves any previous ``dst`` intact.
+    """
+    import sys
 
     stream = stream or sys.stdout
     if form not in ("A", "B"):
         raise CLIError(f"--form must be A or B, got {form!r}")
     out = Path(dst)
-    if not out.parent.exists():
-        raise CLIError(f"cannot write {dst}: folder {str(out.parent)!r} does not exist")
     if out.resolve() == Path(src).resolve():
         raise CLIError("the output file must differ from the input checkpoint")
+    check_writable(out, force=force, what="output file")
     vit = load_vit(model, src)
+    from ..models import vit_to_kat
+
     try:
         kat = vit_to_kat(vit, form=form, num_groups=num_groups).eval()
     except (ValueError, TypeError, NotImplementedError) as e:
         raise CLIError(f"cannot convert {model}: {_one_line(e)}")
-    torch.save(kat.state_dict(), out)
+    state = kat.state_dict()
+    atomic_save(out, lambda fh: torch.save(state, fh))
     info = {"src": src, "dst": str(out), "vit_model": model, "form": form, "num_groups": num_groups,
             "num_classes": int(vit.num_classes), "params": sum(p.numel() for p in kat.parameters())}
     print(f"wrote {out}: KAT with every weight of {model} ({info['params']:,} parameters, "
@@ -123,7 +143,7 @@ def run_convert(
         # num_classes goes into the overlay too: otherwise timm drops a head whose size differs
         # from the pretrained cfg's 1000 classes.
         print(f"load it with: timm.create_model({name!r}, pretrained=True{nc}, "
-              f"pretrained_cfg_overlay=dict(file={str(out)!r}{nc}))  # after `import fusedkat.models`", file=stream)
+              f"pretrained_cfg_overlay=dict(file={str(out)!r}{nc}))  # after `import fusedkat`", file=stream)
         info["timm_name"] = name
     else:
         print(f"load it with: fusedkat.models.vit_to_kat(timm.create_model({model!r}{nc}), form={form!r}, "

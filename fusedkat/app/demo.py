@@ -16,6 +16,7 @@ from typing import Optional, TextIO
 import torch
 
 from .data import load_digits_split
+from ..files import atomic_write_text, check_writable, check_writable_dir
 from .errors import CLIError
 from .info import cpu_name
 from .train import RunResult, TrainConfig, train_model
@@ -25,6 +26,8 @@ from .twins import TwinConfig, build_kat, build_vit, rational_layers
 QUICK_EPOCHS = 12
 FULL_EPOCHS = 40
 
+
+PLOT_FILES = ("training_curves.png", "kat_rationals.png")  # in --out
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -97,13 +100,14 @@ def run_demo(
         raise CLIError(f"--steps must be >= 1, got {max_steps}")
     if batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
+    # Outputs are checked before minutes of training, not after (nothing written yet).
     out = Path(out_dir)
-    if plots:
-        out.mkdir(parents=True, exist_ok=True)
     if json_path is not None:
-        jp = Path(json_path)
-        if jp.parent and not jp.parent.exists():
-            raise CLIError(f"cannot write --json {json_path}: folder {str(jp.parent)!r} does not exist")
+        check_writable(json_path, what="--json file")
+    if plots:  # last: creates the folder (only once every other check passed)
+        check_writable_dir(out, what="--out folder")
+        for name in PLOT_FILES:
+            check_writable(out / name, what="plot")
 
     train, test = load_digits_split(seed=seed)
     if batch_size > len(train):
@@ -138,10 +142,10 @@ def run_demo(
     if plots:
         from .plots import plot_curves, plot_rationals
 
-        files["curves"] = str(plot_curves({r.name: r.history for r in results}, out / "training_curves.png"))
+        files["curves"] = str(plot_curves({r.name: r.history for r in results}, out / PLOT_FILES[0]))
         layers = rational_layers(models["KAT"])
         ref = {n: a.fit for n, a in layers}  # the init rational (numpy), drawn dashed
-        files["rationals"] = str(plot_rationals(layers, out / "kat_rationals.png", reference=ref))
+        files["rationals"] = str(plot_rationals(layers, out / PLOT_FILES[1], reference=ref))
         print(f"plots: {files['curves']}  {files['rationals']}", file=stream)
 
     report = {
@@ -167,6 +171,6 @@ def run_demo(
     }
     report = _jsonable(report)
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
         print(f"json: {json_path}", file=stream)
     return report

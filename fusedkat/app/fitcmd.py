@@ -7,6 +7,7 @@ from typing import Optional, TextIO
 
 import numpy as np
 
+from ..files import atomic_write_text, check_writable
 from .errors import CLIError
 
 
@@ -40,6 +41,10 @@ def run_fit(
         raise CLIError(f"--form must be A or B, got {form!r}")
     if m < 1 or n < 1:
         raise CLIError(f"degrees must be >= 1, got m={m} n={n}")
+    if plot is not None:  # before the fit (which can take seconds with --fresh)
+        check_writable(plot, what="--plot file")
+    if json_path is not None:
+        check_writable(json_path, what="--json file")
     fit = fit_rational(name, m=m, n=n, form=form, use_table=not fresh)
     ef2 = second_moment(fit.numerator, fit.denominator, form=form)
     target_ef2 = gaussian_expectation(lambda x: TARGETS[name](x) ** 2)
@@ -75,15 +80,10 @@ def run_fit(
         from .plots import plot_fit
 
         ppath = Path(plot)
-        if not ppath.parent.exists():
-            raise CLIError(f"cannot write --plot {plot}: folder {str(ppath.parent)!r} does not exist")
         x = np.linspace(-4.0, 4.0, 801)  # a bit beyond the fit interval: shows how it extrapolates
         plot_fit(x, TARGETS[name](x), fit(x), f"{name} vs rational {m}/{n} (form {form})", ppath)
         result["plot"] = str(ppath)
         print(f"  plot: {ppath}", file=stream)
     if json_path is not None:
-        jp = Path(json_path)
-        if not jp.parent.exists():
-            raise CLIError(f"cannot write --json {json_path}: folder {str(jp.parent)!r} does not exist")
-        jp.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     return result

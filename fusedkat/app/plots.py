@@ -8,6 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_save
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Write ``fig`` as PNG atomically (temporary file + rename: Ctrl-C never leaves half a PNG)."""
+    atomic_save(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+
 
 def _plt():
     import matplotlib
@@ -33,7 +40,7 @@ def plot_curves(histories: dict[str, list[dict]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -80,7 +87,7 @@ def plot_rationals(
     fig.legend(loc="upper right", fontsize=7, ncol=1)
     fig.suptitle("learned group-rational functions per layer (dashed: initialisation)")
     fig.tight_layout(rect=(0, 0, 0.92, 0.97))
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -98,6 +105,6 @@ def plot_fit(x: np.ndarray, target: np.ndarray, fitted: np.ndarray, title: str, 
     a1.set_title("rational - target")
     a1.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path

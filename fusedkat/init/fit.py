@@ -49,7 +49,16 @@ class NumpyMath:
 
     @staticmethod
     def rcp(t):
-        return 1.0 / t
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            return 1.0 / t
+
+    @staticmethod
+    def isfinite(t):
+        return np.isfinite(t)
+
+    @staticmethod
+    def select(cond, a, b):
+        return np.where(cond, a, b)
 
 
 def evaluate(numerator: Sequence[float], denominator: Sequence[float], x: np.ndarray, form: str = "A") -> np.ndarray:
@@ -57,7 +66,8 @@ def evaluate(numerator: Sequence[float], denominator: Sequence[float], x: np.nda
     rm.check_form(form)
     a = [float(v) for v in np.asarray(numerator, dtype=np.float64).reshape(-1)]
     b = [float(v) for v in np.asarray(denominator, dtype=np.float64).reshape(-1)]
-    return rm.forward(a, b, np.asarray(x, dtype=np.float64), form, NumpyMath)
+    with np.errstate(over="ignore", invalid="ignore"):  # the unselected branch of a large-|x| select
+        return rm.forward(a, b, np.asarray(x, dtype=np.float64), form, NumpyMath)
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,7 +225,7 @@ def fit_rational(
         :class:`RationalFit` with ``.numerator`` (m+1,), ``.denominator`` (n,), ``.mse``.
         Identity is exact (a = (0, 1, 0, ...), b = 0, mse 0).
     """
-    spec = rm.RationalSpec(int(m), int(n), form)  # validates degrees and form
+    spec = rm.RationalSpec(m, n, form)  # validates degrees (ints, not bools or floats) and form
     if not (isinstance(target, str) or callable(target)):
         raise TypeError(f"target must be an activation name or a callable, got {type(target).__name__}")
     interval = (float(interval[0]), float(interval[1]))

@@ -1,10 +1,34 @@
-"""KAT vision transformers for timm (registered on import) and ViT -> KAT conversion."""
+"""KAT vision transformers for timm and ViT -> KAT conversion.
+
+The timm-dependent parts (:mod:`.kat`, :mod:`.convert`) load on first attribute access, or as
+soon as timm is imported (``fusedkat/__init__`` registers the KAT models in timm's registry then),
+so that checkpoint checks (:mod:`.checkpoint`) never pay for importing timm.
+"""
 from __future__ import annotations
 
-from .checkpoint import KATCheckpointError, validate_state_dict
-from .convert import activation_target, vit_to_kat
-from .kat import KAT, MODEL_CONFIGS, checkpoint_filter_fn
-from .mimetic import mimetic_init_, ortho_like
+import importlib
+from typing import Any
 
-__all__ = ["KAT", "MODEL_CONFIGS", "KATCheckpointError", "validate_state_dict", "checkpoint_filter_fn",
-           "vit_to_kat", "activation_target", "mimetic_init_", "ortho_like"]
+from .checkpoint import KATCheckpointError, checkpoint_format, validate_state_dict
+
+_LAZY = {
+    "KAT": "kat", "MODEL_CONFIGS": "kat", "checkpoint_filter_fn": "kat",
+    "vit_to_kat": "convert", "activation_target": "convert",
+    "mimetic_init_": "mimetic", "ortho_like": "mimetic",
+}
+
+__all__ = ["KAT", "MODEL_CONFIGS", "KATCheckpointError", "checkpoint_format", "validate_state_dict",
+           "checkpoint_filter_fn", "vit_to_kat", "activation_target", "mimetic_init_", "ortho_like"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``.kat`` / ``.convert`` / ``.mimetic`` on first use of one of their names (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in ("kat", "convert", "mimetic"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -81,6 +81,7 @@ def vit_to_kat(vit: nn.Module, *, form: str = rm.DEFAULT_FORM, num_groups: int =
     Note: the ViT's MLP dropout sits after fc2 and after the activation; KANMlp's after the
     rationals (the official order), so results match exactly only without dropout (eval mode).
     """
+    rm.check_int(num_groups, "num_groups")
     rm.check_form(form)
     blocks = getattr(vit, "blocks", None)
     if blocks is None or len(blocks) == 0:

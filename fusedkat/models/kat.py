@@ -33,7 +33,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from ..nn import KANMlp
 from ..ops import rational_math as rm
-from .checkpoint import KATCheckpointError, validate_state_dict
+from .checkpoint import KATCheckpointError, checkpoint_format, validate_state_dict
 from .mimetic import mimetic_init_
 
 __all__ = ["KAT", "KATCheckpointError", "MODEL_CONFIGS"]
@@ -125,8 +125,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: KAT, **kwar
 def _create_kat(variant: str, pretrained: bool = False, **kwargs: Any) -> KAT:
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     file = overlay.get("file")
-    if pretrained and file and not os.path.isfile(file):
-        raise FileNotFoundError(f"KAT checkpoint file not found: {file!r}")
+    if pretrained and file:
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"KAT checkpoint file not found: {file!r}")
+        checkpoint_format(file)  # a clear error for a folder, an empty or a text file, before building
     out_indices = kwargs.pop("out_indices", 3)
     try:
         return build_model_with_cfg(

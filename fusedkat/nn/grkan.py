@@ -54,6 +54,9 @@ class GRKAN(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        rm.check_int(num_groups, "num_groups")
+        rm.check_int(in_features, "in_features", 0)
+        rm.check_int(out_features, "out_features", 0)
         if in_features % num_groups != 0:
             raise ValueError(f"in_features={in_features} is not divisible by num_groups={num_groups}")
         self.in_features, self.out_features = in_features, out_features
@@ -113,6 +116,7 @@ class KANMlp(nn.Module):
             raise ValueError("KANMlp does not support use_conv=True")
         if unused:
             raise TypeError(f"KANMlp got unexpected keyword arguments: {sorted(unused)}")
+        rm.check_int(num_groups, "num_groups")
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
         for name, k in (("in_features", in_features), ("hidden_features", hidden_features)):

@@ -25,6 +25,13 @@ def resolve_fit(init: InitLike, order: Tuple[int, int], form: str) -> RationalFi
     return fit_rational(init, m=order[0], n=order[1], form=form)
 
 
+def _order(order: Tuple[int, int]) -> Tuple[int, int]:
+    """``(m, n)`` checked: a pair of ints (not bools, not floats), m >= 0 and n >= 1."""
+    if not isinstance(order, (tuple, list)) or len(order) != 2:
+        raise ValueError(f"order must be a pair (m, n) of ints, got {order!r}")
+    return rm.check_int(order[0], "numerator degree m", 0), rm.check_int(order[1], "denominator degree n", 1)
+
+
 class GroupRational(nn.Module):
     """F(x) = P(x)/Q(x) applied channel-wise, numerator shared, one denominator per channel group.
 
@@ -51,9 +58,8 @@ class GroupRational(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
-        spec = rm.RationalSpec(int(order[0]), int(order[1]), form)
+        rm.check_int(num_groups, "num_groups")
+        spec = rm.RationalSpec(*_order(order), form)
         self.num_groups = num_groups
         self.form = spec.form
         self.order = (spec.m, spec.n)

@@ -25,14 +25,25 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "cute")
 _ENV = "FUSEDKAT_BACKEND"
 # Process-wide, not thread-local: autograd runs a CUDA graph's backward on its own device threads,
 # and ``with use_backend("torch"): loss.backward()`` must reach them (an H100 run showed the
-# thread-local version silently using the CuTe backward there).
-_stack: list[str] = []
+# thread-local version silently using the CuTe backward there).  Each live ``use_backend`` block is
+# one entry, a unique token object with its name, removed by identity on exit (never by position),
+# so blocks entered and left in any interleaving across threads leave the stack consistent.
+_stack: list["_Entry"] = []
 _stack_lock = threading.Lock()
 
 # Filled in by the kernel layer: given a device and an op name, return None if the cute kernels
 # can run that op there, or a string saying why not.  Kept as a hook so that importing
 # fusedkat.ops never imports the DSL (import time and GPU-less machines).
 _cute_unavailable_reason: Optional[Callable[[torch.device, str], Optional[str]]] = None
+
+
+class _Entry:
+    """One live ``use_backend`` block (compared by identity)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def set_cute_probe(probe: Callable[[torch.device, str], Optional[str]]) -> None:
@@ -44,7 +55,7 @@ def set_cute_probe(probe: Callable[[torch.device, str], Optional[str]]) -> None:
 def requested_backend() -> str:
     """The backend asked for: the innermost :func:`use_backend`, else ``$FUSEDKAT_BACKEND``, else auto."""
     with _stack_lock:
-        forced = _stack[-1] if _stack else None
+        forced = _stack[-1].name if _stack else None
     if forced is not None:
         return forced
     env = os.environ.get(_ENV, "auto").strip().lower() or "auto"
@@ -57,18 +68,26 @@ def requested_backend() -> str:
 def use_backend(name: str) -> Iterator[None]:
     """Force the backend (``"auto"``, ``"torch"`` or ``"cute"``) inside a ``with`` block.
 
-    Process-wide, so it also governs backward passes that autograd runs on its device threads;
-    nested blocks restore the outer choice on exit."""
+    Process-wide, so it also governs backward passes that autograd runs on its device threads.
+    Across threads the rule is: the most recently entered block that is still open wins, in every
+    thread.  Blocks may be entered and left in any interleaving (thread A enters, thread B enters,
+    A leaves, B leaves, or any other order): each block removes exactly its own entry on exit, so
+    once all blocks are closed the process is back to ``$FUSEDKAT_BACKEND``/auto.  Nested blocks
+    in one thread restore the outer choice on exit, as usual.  For a per-thread choice, use
+    separate processes or pass tensors whose device decides."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    entry = _Entry(name)
     with _stack_lock:
-        _stack.append(name)
-        depth = len(_stack)
+        _stack.append(entry)
     try:
         yield
     finally:
         with _stack_lock:
-            del _stack[depth - 1]
+            for i in range(len(_stack) - 1, -1, -1):
+                if _stack[i] is entry:
+                    del _stack[i]
+                    break
 
 
 def cute_unavailable_reason(device: torch.device, op: str) -> Optional[str]:

@@ -21,14 +21,12 @@ backend and ``install()`` call :func:`register_inductor_decompositions` directly
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
+from .._import_hooks import after_import
 from . import dispatch, torch_impl
 
 _INDUCTOR_DECOMP_MODULE = "torch._inductor.decomposition"
@@ -66,25 +64,26 @@ def _keep_opaque() -> Any:
 def _group_rational(x, numerator, denominator, form="A"):
     if not decompose_on(x.device, "group_rational_forward"):
         return _keep_opaque()
-    return torch_impl.group_rational_forward(x, numerator, denominator, form)
+    return torch_impl.group_rational_forward(x, numerator, denominator, form, branchless=True)
 
 
 def _group_rational_backward(grad, x, numerator, denominator, form):
     if not decompose_on(x.device, "group_rational_backward"):
         return _keep_opaque()
-    return torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+    return torch_impl.group_rational_backward(grad, x, numerator, denominator, form, branchless=True)
 
 
 def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
     if not decompose_on(x.device, "rational_linear_forward"):
         return _keep_opaque()
-    return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form)
+    return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form, branchless=True)
 
 
 def _rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form):
     if not decompose_on(x.device, "rational_linear_backward"):
         return _keep_opaque()
-    return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
+    return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form,
+                                               branchless=True)
 
 
 def decompositions() -> dict[Any, Callable[..., Any]]:
@@ -132,47 +131,10 @@ def lowering_state() -> str:
     return state
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """One-shot finder: runs :func:`register_inductor_decompositions` once inductor's table exists."""
-
-    def find_spec(self, fullname: str, path: Optional[Any], target: Any = None):  # noqa: D401
-        if fullname != _INDUCTOR_DECOMP_MODULE:
-            return None
-        _remove_hook()
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            # The module is complete; register before anyone calls select_decomp_table().
-            sys.modules.setdefault(fullname, module)
-            register_inductor_decompositions()
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
-_hook: Optional[_AfterImport] = None
-
-
-def _remove_hook() -> None:
-    global _hook
-    if _hook is not None and _hook in sys.meta_path:
-        sys.meta_path.remove(_hook)
-    _hook = None
-
-
 def install_import_hook() -> None:
     """Make plain ``torch.compile`` use the lowering without importing inductor now.
 
-    Registers at once if inductor's decomposition module is already imported, otherwise when it is.
+    Registers at once if inductor's decomposition module is already imported, otherwise right
+    after it is (:func:`fusedkat._import_hooks.after_import`).
     """
-    global _hook
-    if _INDUCTOR_DECOMP_MODULE in sys.modules:
-        register_inductor_decompositions()
-        return
-    if _hook is None:
-        _hook = _AfterImport()
-        sys.meta_path.insert(0, _hook)
+    after_import(_INDUCTOR_DECOMP_MODULE, register_inductor_decompositions)

@@ -35,8 +35,9 @@ group ``k // (K // g)``.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 FORMS: tuple[str, ...] = ("A", "B")
 DEFAULT_ORDER: tuple[int, int] = (5, 4)
@@ -51,6 +52,22 @@ def check_form(form: Any) -> str:
     return form
 
 
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a one-line ValueError naming it.
+
+    ``bool`` is rejected although it is an ``int`` subclass (``GroupRational(True)`` is a mistake,
+    not one group); so are floats, even integral ones.  Integer types such as numpy's are accepted
+    (anything with ``__index__``) and returned as ``int``.
+    """
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class RationalSpec:
     """Degrees and denominator form of a rational function (hashable, usable as a cache key)."""
@@ -61,10 +78,8 @@ class RationalSpec:
 
     def __post_init__(self) -> None:
         check_form(self.form)
-        if not (isinstance(self.m, int) and self.m >= 0):
-            raise ValueError(f"numerator degree m must be an int >= 0, got {self.m!r}")
-        if not (isinstance(self.n, int) and self.n >= 1):
-            raise ValueError(f"denominator degree n must be an int >= 1, got {self.n!r}")
+        object.__setattr__(self, "m", check_int(self.m, "numerator degree m", 0))
+        object.__setattr__(self, "n", check_int(self.n, "denominator degree n", 1))
 
     @property
     def num_numerator(self) -> int:
@@ -78,7 +93,7 @@ class RationalSpec:
 
 
 class MathOps(Protocol):
-    """What the evaluation needs beyond ``+ - *``; torch and the CuTe DSL each provide one."""
+    """What the evaluation needs beyond ``+ - * <=``; torch and the CuTe DSL each provide one."""
 
     def abs(self, t: Any) -> Any: ...
 
@@ -88,6 +103,14 @@ class MathOps(Protocol):
 
     def rcp(self, t: Any) -> Any:
         """1 / t (kernels may use a fast approximate reciprocal)."""
+        ...
+
+    def isfinite(self, t: Any) -> Any:
+        """True where t is neither inf nor NaN."""
+        ...
+
+    def select(self, cond: Any, a: Any, b: Any) -> Any:
+        """a where cond, else b (elementwise)."""
         ...
 
 
@@ -127,30 +150,121 @@ def denominator(b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
     return check_form(form)
 
 
+# ---------------------------------------------------------------------------------------------
+# Large |x|.  Horner on x overflows long before F does: F is asymptotically a_m/|b_n| x^(m-n)
+# (linear for 5/4), but x^5 overflows float32 above ~5e7.  Where the direct evaluation
+# overflows (P or Q not finite), F is evaluated in s = 1/x instead, with the polynomials'
+# coefficients reversed (PyTorch's softplus, which switches to its asymptote, is the precedent):
+#
+#     P(x) = x^m Pr(s),      Pr(s) = a_m + a_(m-1) s + ... + a_0 s^m
+#     Q(x) = |x|^n Qr(s)     A: Qr = |b_n| + |b_(n-1)| r + ... + |b_1| r^(n-1) + r^n,  r = |s|
+#                            B: Qr = |Br(s)| + r^n,  Br(s) = b_n + b_(n-1) s + ... + b_1 s^(n-1)
+#     F(x) = sgn(x)^n x^(m-n) Pr(s) / Qr(s)           (x^m / |x|^n = sgn(x)^n x^(m-n))
+#
+# Pr and Qr are O(1) for large |x| (no overflow); the final factor x^(m-n) is applied last, so
+# the result overflows only where F itself does.  Gradients, with inv = 1/Qr:
+#
+#     P'(x)/Q = sgn(x)^n x^(m-n-1) dPr(s) inv,   dPr(s) = m a_m + (m-1) a_(m-1) s + ... + a_1 s^(m-1)
+#     Q'(x)/Q = A: s dQr(r) inv,                 dQr(r) = n|b_n| + (n-1)|b_(n-1)| r + ... + |b_1| r^(n-1)
+#               B: sgn(Br) s dBr(s) inv,         dBr(s) = n b_n + (n-1) b_(n-1) s + ... + b_1 s^(n-1)
+#     dF/dx = P'/Q - F Q'/Q
+#     W_i = x^i / Q:  W_n = sgn(x)^n inv,  W_(i-1) = W_i s,  W_(i+1) = W_i x
+#     dF/da_i = W_i;  dF/db_j = -F |W_j| sgn(b_j) (A)  or  -F W_j sgn(A(x)) (B),  sgn(A) = sgn(x)^n sgn(Br)
+#
+# The direct evaluation is kept wherever it is finite, so results for ordinary inputs are unchanged
+# (and the identity rational, whose leading coefficients are zero, stays exact for every x); the
+# 1/x one replaces it elsewhere (:func:`rescue`: a select on torch, a branch in the kernels).
+# ---------------------------------------------------------------------------------------------
+
+
+def _times_power(v: Any, x: Any, s: Any, e: int) -> Any:
+    """v * x^e for an integer e (x^e as repeated products; s = 1/x for e < 0)."""
+    for _ in range(abs(e)):
+        v = v * (x if e > 0 else s)
+    return v
+
+
+def _sign_power(v: Any, sg: Any, e: int) -> Any:
+    """v * sg^e for sg = +-1."""
+    return v * sg if e % 2 else v
+
+
+def rescue(ok: Any, values: list, far: Callable[[], list], ops: MathOps) -> list:
+    """``values`` where ``ok``, else ``far()``, element by element.
+
+    With a ``fallback`` method on ``ops`` (the CuTe DSL: a real branch, ``scf.if``) ``far()`` runs
+    only where some element needs it, so the kernels' hot path pays just the finiteness test and
+    a branch; otherwise (torch, numpy) both are evaluated and selected (branchless, fusable).
+    """
+    fallback = getattr(ops, "fallback", None)
+    if fallback is not None:
+        return fallback(ok, values, far)
+    return [ops.select(ok, v, w) for v, w in zip(values, far())]
+
+
+def in_range(p: Any, q: Any, ops: MathOps) -> Any:
+    """True where the direct evaluation P(x), Q(x) is usable (both finite)."""
+    return ops.isfinite(ops.abs(p) + q)
+
+
+def forward_direct(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> tuple[Any, Any]:
+    """``(P(x)/Q(x), ok)``: F by Horner on x, and where that is valid (see :func:`in_range`)."""
+    p, q = numerator(a, x), denominator(b, x, form, ops)
+    return p * ops.rcp(q), in_range(p, q, ops)
+
+
+def _reversed_parts(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps):
+    m, n = len(a) - 1, len(b)
+    s = ops.rcp(x)
+    sg = ops.sgn(x)
+    r = ops.abs(s)
+    pr = horner(list(reversed(a)), s)
+    if form == "A":
+        qr = horner([ops.abs(c) for c in reversed(b)] + [1.0], r)
+        br = None
+    elif form == "B":
+        br = horner(list(reversed(b)), s)
+        qr = ops.abs(br) + _times_power(r * 0 + 1.0, r, r, n)
+    else:
+        check_form(form)
+        raise AssertionError("unreachable")
+    return m, n, s, sg, r, pr, qr, br
+
+
+def forward_far(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
+    """F(x) evaluated in 1/x (accurate for large |x|; not for |x| << 1)."""
+    m, n, s, sg, _r, pr, qr, _br = _reversed_parts(a, b, x, form, ops)
+    return _times_power(_sign_power(pr * ops.rcp(qr), sg, n), x, s, m - n)
+
+
 def forward(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> Any:
-    """F(x) = P(x) / Q(x)."""
-    return numerator(a, x) * ops.rcp(denominator(b, x, form, ops))
+    """F(x) = P(x) / Q(x), finite wherever the true value is (Horner on x, or on 1/x where that overflows)."""
+    f, ok = forward_direct(a, b, x, form, ops)
+    return rescue(ok, [f], lambda: [forward_far(a, b, x, form, ops)], ops)[0]
 
 
 @dataclass
 class GradTerms:
     """Per-element pieces of F's derivatives at x (see the module docstring).
 
-    ``dF/da_i = x^i * inv_q``; ``dF/db_j = neg_f_over_q * sign_j * base^j``; ``dF/dx = dfdx``.
-    ``sign_j`` is ``den_sign[j]`` when ``den_sign`` is a list (form A: per coefficient),
-    otherwise the per-element ``den_sign`` (form B: sgn(A(x))).
+    ``f`` = F(x); ``dfdx`` = dF/dx; ``num_grad[i]`` = dF/da_i = x^i/Q (i = 0..m);
+    ``den_grad[j-1]`` = dF/db_j, except that for form A the factor sgn(b_j), constant per group,
+    is left out (``den_sign[j-1]``, applied once to the sums); for form B ``den_sign`` is None.
     """
 
     f: Any
-    inv_q: Any
     dfdx: Any
-    neg_f_over_q: Any
-    base: Any
+    num_grad: list
+    den_grad: list
     den_sign: Any
 
 
-def grad_terms(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> GradTerms:
-    """F, 1/Q, dF/dx and the factors of the coefficient gradients at x."""
+def grad_terms_direct(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps,
+                      lazy: bool = False) -> tuple[GradTerms, Any]:
+    """``(terms, ok)``: the derivatives by Horner on x, and where they are valid (:func:`in_range`).
+
+    ``lazy``: ``num_grad`` / ``den_grad`` are one-shot iterators computing one factor at a time
+    (eager torch: one live temporary instead of m+1+n)."""
     p = numerator(a, x)
     dp = numerator_deriv(a, x)
     n = len(b)
@@ -160,20 +274,90 @@ def grad_terms(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathO
         q = _horner_no_constant(abs_b, ax) + 1.0
         # d/dx sum_j |b_j||x|^j = sgn(x) * sum_j j|b_j||x|^(j-1)
         dq = ops.sgn(x) * horner([abs_b[j - 1] * j for j in range(1, n + 1)], ax)
-        base, den_sign = ax, [ops.sgn(c) for c in b]
+        base, den_sign, elem_sign = ax, [ops.sgn(c) for c in b], None
     elif form == "B":
         poly = _horner_no_constant(list(b), x)
         s = ops.sgn(poly)
         q = ops.abs(poly) + 1.0
         dq = s * horner([b[j - 1] * j for j in range(1, n + 1)], x)
-        base, den_sign = x, s
+        base, den_sign, elem_sign = x, None, s
     else:
         check_form(form)
         raise AssertionError("unreachable")
     inv_q = ops.rcp(q)
     f = p * inv_q
     dfdx = (dp - f * dq) * inv_q
-    return GradTerms(f=f, inv_q=inv_q, dfdx=dfdx, neg_f_over_q=-(f * inv_q), base=base, den_sign=den_sign)
+    def num_grad():  # x^i / Q
+        w = inv_q
+        for i in range(len(a)):
+            yield w
+            if i + 1 < len(a):
+                w = w * x
+
+    def den_grad():  # -F/Q * base^j (* sgn(A(x)) in form B)
+        term = -(f * inv_q)
+        if elem_sign is not None:
+            term = term * elem_sign
+        for _ in range(n):
+            term = term * base
+            yield term
+
+    nums, dens = (num_grad(), den_grad()) if lazy else (list(num_grad()), list(den_grad()))
+    return GradTerms(f=f, dfdx=dfdx, num_grad=nums, den_grad=dens, den_sign=den_sign), in_range(p, q, ops)
+
+
+def grad_terms_far(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> GradTerms:
+    """The derivatives evaluated in 1/x (accurate for large |x|); formulas above :func:`forward_far`."""
+    m, n, s, sg, r, pr, qr, br = _reversed_parts(a, b, x, form, ops)
+    inv = ops.rcp(qr)
+    f = _times_power(_sign_power(pr * inv, sg, n), x, s, m - n)
+    if m >= 1:
+        dpr = horner([a[m - k] * (m - k) for k in range(m)], s)
+        dp_over_q = _times_power(_sign_power(dpr * inv, sg, n), x, s, m - n - 1)
+    else:
+        dp_over_q = pr * 0
+    if form == "A":
+        dqr = horner([ops.abs(b[n - 1 - k]) * (n - k) for k in range(n)], r)
+        dq_over_q = s * dqr * inv
+        den_sign, elem_sign = [ops.sgn(c) for c in b], None
+    else:
+        sbr = ops.sgn(br)
+        dbr = horner([b[n - 1 - k] * (n - k) for k in range(n)], s)
+        dq_over_q = sbr * s * dbr * inv
+        den_sign, elem_sign = None, _sign_power(sbr, sg, n)
+    dfdx = dp_over_q - f * dq_over_q
+    top = max(m, n)
+    w = [None] * (top + 1)
+    w[n] = _sign_power(inv, sg, n)
+    for i in range(n, 0, -1):
+        w[i - 1] = w[i] * s
+    for i in range(n, top):
+        w[i + 1] = w[i] * x
+    neg_f = -f
+    if elem_sign is not None:
+        neg_f = neg_f * elem_sign
+    den_grad = [neg_f * (ops.abs(w[j]) if form == "A" else w[j]) for j in range(1, n + 1)]
+    return GradTerms(f=f, dfdx=dfdx, num_grad=w[: m + 1], den_grad=den_grad, den_sign=den_sign)
+
+
+def select_terms(ok: Any, t: GradTerms, far: GradTerms, ops: MathOps) -> GradTerms:
+    """``t`` where ``ok``, else ``far``, term by term (``den_sign`` is the same in both)."""
+    sel = lambda u, v: ops.select(ok, u, v)  # noqa: E731
+    return GradTerms(f=sel(t.f, far.f), dfdx=sel(t.dfdx, far.dfdx),
+                     num_grad=[sel(u, v) for u, v in zip(t.num_grad, far.num_grad)],
+                     den_grad=[sel(u, v) for u, v in zip(t.den_grad, far.den_grad)], den_sign=t.den_sign)
+
+
+def _flat(t: GradTerms) -> list:
+    return [t.f, t.dfdx, *t.num_grad, *t.den_grad]
+
+
+def grad_terms(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> GradTerms:
+    """F, dF/dx and the coefficient derivatives at x, finite wherever the true values are."""
+    t, ok = grad_terms_direct(a, b, x, form, ops)
+    vals = rescue(ok, _flat(t), lambda: _flat(grad_terms_far(a, b, x, form, ops)), ops)
+    m1 = len(t.num_grad)
+    return GradTerms(f=vals[0], dfdx=vals[1], num_grad=vals[2:2 + m1], den_grad=vals[2 + m1:], den_sign=t.den_sign)
 
 
 def identity_coefficients(m: int = DEFAULT_ORDER[0], n: int = DEFAULT_ORDER[1]) -> tuple[list[float], list[float]]:

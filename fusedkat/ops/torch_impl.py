@@ -35,16 +35,31 @@ class TorchMath:
     def rcp(t: torch.Tensor) -> torch.Tensor:
         return torch.reciprocal(t)
 
+    @staticmethod
+    def isfinite(t: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(t)
+
+    @staticmethod
+    def select(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond, a, b)
+
+
+def rows_of(x: torch.Tensor) -> int:
+    """M, the product of x's leading dimensions (``[..., K] -> M``), also when K == 0.
+
+    Used instead of ``reshape(-1, K)``, which is ambiguous for K == 0 (and for the output's
+    N == 0); a -1 also lets inductor's no-op-view check compare a dynamic sequence length with K/g
+    and guard on it (an extra recompile when they happen to be equal) [issue 4].
+    """
+    rows = 1
+    for d in x.shape[:-1]:
+        rows = rows * d
+    return rows
+
 
 def _grouped(x: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
     """``[..., K] -> [M, g, K/g]`` in ``dtype`` (a view when possible)."""
-    k = x.shape[-1]
-    rows = 1
-    for d in x.shape[:-1]:  # explicit row count, not -1: see below
-        rows = rows * d
-    # A -1 here lets inductor's no-op-view check compare a dynamic sequence length with K/g and
-    # guard on it (an extra recompile when they happen to be equal) [issue 4].
-    return x.reshape(rows, groups, k // groups).to(dtype)
+    return x.reshape(rows_of(x), groups, x.shape[-1] // groups).to(dtype)
 
 
 def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -53,24 +68,37 @@ def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch
     return [c[:, i : i + 1] for i in range(c.shape[1])]
 
 
+def _all(ok: torch.Tensor) -> bool:
+    return bool(ok.all())
+
+
 def group_rational_forward(
-    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
+    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str, branchless: bool = False
 ) -> torch.Tensor:
     """F(x) per group. x ``[..., K]``; numerator ``(1|g, m+1)``; denominator ``(g, n)``.
 
-    Returns a contiguous tensor of x's shape and dtype.
+    Returns a contiguous tensor of x's shape and dtype, finite wherever the true F is (large |x|
+    are evaluated in 1/x: :func:`rational_math.forward`).  Eagerly (``branchless=False``) the
+    1/x evaluation runs only if some element needs it; traced for inductor (``branchless=True``)
+    both run and a select picks per element (fused, no data-dependent branch).
     """
     cd = compute_dtype(x)
     g = denominator.shape[0]
     xg = _grouped(x, g, cd)
     a = _coefficient_columns(numerator, cd)
     b = _coefficient_columns(denominator, cd)
-    f = rm.forward(a, b, xg, form, TorchMath)
+    if branchless:
+        f = rm.forward(a, b, xg, form, TorchMath)
+    else:
+        f, ok = rm.forward_direct(a, b, xg, form, TorchMath)
+        if not _all(ok):
+            f = torch.where(ok, f, rm.forward_far(a, b, xg, form, TorchMath))
     return f.to(x.dtype).reshape(x.shape).contiguous()
 
 
 def group_rational_backward(
-    grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
+    grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str,
+    branchless: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Closed-form gradients of ``sum(grad * F(x))``.
 
@@ -84,33 +112,21 @@ def group_rational_backward(
     gg = _grouped(grad, g, cd)
     a = _coefficient_columns(numerator, cd)
     b = _coefficient_columns(denominator, cd)
-    t = rm.grad_terms(a, b, xg, form, TorchMath)
+    if branchless:
+        t = rm.grad_terms(a, b, xg, form, TorchMath)
+    else:  # eagerly: the 1/x evaluation (large |x|) only if some element needs it
+        t, ok = rm.grad_terms_direct(a, b, xg, form, TorchMath, lazy=True)
+        if not _all(ok):
+            t = rm.grad_terms(a, b, xg, form, TorchMath)
 
     dx = (gg * t.dfdx).to(x.dtype).reshape(x.shape).contiguous()
-
-    # d/da_i: sum over the group of grad * x^i / Q, one power at a time (no stacked powers).
-    term = gg * t.inv_q
-    d_num = []
-    for i in range(len(a)):
-        d_num.append(term.sum(dim=(0, 2)))
-        if i + 1 < len(a):
-            term = term * xg
-    d_num_t = torch.stack(d_num, dim=1)  # (g, m+1)
+    # dF/da_i and dF/db_j: sums over every element of a group of grad * (the per-element factor)
+    d_num_t = torch.stack([(gg * w).sum(dim=(0, 2)) for w in t.num_grad], dim=1)  # (g, m+1)
     if numerator.shape[0] == 1:
         d_num_t = d_num_t.sum(dim=0, keepdim=True)
-
-    # d/db_j: sum over the group of grad * (-F/Q) * s_j * base^j.
-    term = gg * t.neg_f_over_q
-    per_element_sign = not isinstance(t.den_sign, list)
-    if per_element_sign:
-        term = term * t.den_sign
-    d_den = []
-    for j in range(len(b)):
-        term = term * t.base
-        s = term.sum(dim=(0, 2))
-        if not per_element_sign:
-            s = s * t.den_sign[j].reshape(-1)
-        d_den.append(s)
+    d_den = [(gg * v).sum(dim=(0, 2)) for v in t.den_grad]
+    if t.den_sign is not None:  # form A: sgn(b_j), constant per group, applied to the sums
+        d_den = [d * s.reshape(-1) for d, s in zip(d_den, t.den_sign)]
     d_den_t = torch.stack(d_den, dim=1)  # (g, n)
     return dx, d_num_t.to(numerator.dtype), d_den_t.to(denominator.dtype)
 
@@ -122,9 +138,11 @@ def rational_linear_forward(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     form: str,
+    branchless: bool = False,
 ) -> torch.Tensor:
     """``F.linear(F(x), weight, bias)``: x ``[..., K]``, weight ``(N, K)``, bias ``(N,)`` -> ``[..., N]``."""
-    return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
+    return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form, branchless),
+                                      weight, bias)
 
 
 def rational_linear_backward(
@@ -135,6 +153,7 @@ def rational_linear_backward(
     weight: torch.Tensor,
     has_bias: bool,
     form: str,
+    branchless: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``rational_linear`` from x alone (F(x) is recomputed, never saved).
 
@@ -142,10 +161,11 @@ def rational_linear_backward(
     grad_out, ``(N,)``) is returned whatever ``has_bias`` says, as custom ops cannot return None.
     """
     k, n_out = x.shape[-1], weight.shape[0]
-    go = grad_out.reshape(-1, n_out)
-    f = group_rational_forward(x, numerator, denominator, form).reshape(-1, k)
+    rows = rows_of(x)
+    go = grad_out.reshape(rows, n_out)
+    f = group_rational_forward(x, numerator, denominator, form, branchless).reshape(rows, k)
     d_weight = (go.t() @ f).to(weight.dtype)
     d_bias = go.sum(dim=0, dtype=compute_dtype(go)).to(weight.dtype)
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
-    dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form)
+    dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form, branchless)
     return dx, d_num, d_den, d_weight, d_bias
