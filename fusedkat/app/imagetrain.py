@@ -159,7 +159,8 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.set = False
-        self._old = {}
+        self._first = 0.0
+        self._old: dict = {}
 
     def __enter__(self) -> "_StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,8 +168,12 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.set = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Under torchrun a Ctrl-C reaches each worker twice (from the terminal and from the agent):
+        # only a signal more than 2 s after the first one is a hard stop.
+        if self.set and time.monotonic() - self._first > 2.0 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.set:
+            self.set, self._first = True, time.monotonic()
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -352,6 +357,7 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
                 bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
                            unit="step", file=sys.stderr, dynamic_ncols=True)
             t0, images, micro = time.perf_counter(), 0, 0
+            t_timed, timed_from = t0, 0  # img/s leaves out each epoch's first step (compilation, loader start)
             for x, y in train_loader:
                 if step >= steps_per_epoch:
                     break
@@ -387,11 +393,13 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
                 if ema is not None:
                     ema.update(model, step=global_step)
                 images += bs * accum * world
+                if images == bs * accum * world:
+                    t_timed, timed_from = time.perf_counter(), images
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == steps_per_epoch:  # reading the loss syncs the GPU
                         bar.set_postfix(loss=f"{float(loss_acc) / loss_n:.4f}",
-                                        img_s=f"{images / max(1e-9, time.perf_counter() - t0):.0f}")
+                                        img_s=f"{(images - timed_from) / max(1e-9, time.perf_counter() - t_timed):.0f}")
                 if dist.sum([1.0 if stop.set else 0.0])[0] > 0:
                     if bar is not None:
                         bar.close()
@@ -402,12 +410,13 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
                     raise SystemExit(130)
             if bar is not None:
                 bar.close()
-            epoch_s = time.perf_counter() - t0
+            t_end = time.perf_counter()
+            epoch_s, timed_s = t_end - t0, t_end - t_timed
             tl_sum, tl_n = dist.sum([float(loss_acc), float(loss_n)])
             rec: Dict[str, Any] = {"epoch": epoch + 1, "step": global_step,
                                    "train_loss": tl_sum / max(1.0, tl_n),
                                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": epoch_s,
-                                   "images_per_s": images / epoch_s if epoch_s > 0 else float("nan")}
+                                   "images_per_s": (images - timed_from) / timed_s if images > timed_from else float("nan")}
             if val_loader is not None:
                 rec.update(evaluate(eval_model, val_loader, dist, autocast))
                 if ema is not None:
