@@ -61,6 +61,15 @@ def small_digits(tmp_path_factory) -> Path:
     return _write_digits(tmp_path_factory.mktemp("small_digits"), 8, 3)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs use one thread too (as the subprocesses): faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 
@@ -102,38 +111,37 @@ def test_training_lowers_the_loss_and_writes_its_files(trained):
     assert FINAL.search(stdout), stdout
 
 
-def test_eval_reproduces_the_accuracy_printed_at_the_end_of_training(trained, digits, tmp_path):
+def test_eval_reproduces_the_accuracy_printed_at_the_end_of_training(capsys, trained, digits, tmp_path):
     out, stdout = trained
     printed = FINAL.search(stdout).group(1)
-    r = _cli("eval", "--checkpoint", str(out / "last.pth"), "--data-dir", str(digits / "val"), "--workers", "0",
-             "--json", str(tmp_path / "m.json"))
-    assert r.returncode == 0, r.stderr
-    assert printed in r.stdout, (printed, r.stdout)
-    assert "crop_pct 0.875" in r.stdout and "bicubic" in r.stdout  # the KAT pretrained_cfg preprocessing
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--data-dir", str(digits / "val"), "--workers", "0",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    got = capsys.readouterr().out
+    assert printed in got, (printed, got)
+    assert "crop_pct 0.875" in got and "bicubic" in got  # the KAT pretrained_cfg preprocessing
     # The same weights as a plain state_dict in the official layout ({"state_dict": ...} wrapper, as
     # the official files): --model names the architecture.
     sd = _ckpt(out / "last.pth")["model"]
     torch.save({"state_dict": sd}, tmp_path / "official.pth")
     m = json.loads((tmp_path / "m.json").read_text())
-    r = _cli("eval", "--checkpoint", str(tmp_path / "official.pth"), "--data-dir", str(digits / "val"),
-             *TINY, "--workers", "0")
-    assert r.returncode == 0, r.stderr
-    assert f"top-1 {m['top1']:.2f}%" in r.stdout and f"loss {m['val_loss']:.4f}" in r.stdout, r.stdout
+    assert main(["eval", "--checkpoint", str(tmp_path / "official.pth"), "--data-dir", str(digits / "val"),
+                 *TINY, "--workers", "0"]) == 0
+    got = capsys.readouterr().out
+    assert f"top-1 {m['top1']:.2f}%" in got and f"loss {m['val_loss']:.4f}" in got, got
 
 
 @pytest.mark.slow
-def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_path):
+def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run(capsys, digits, tmp_path):
     """The full default recipe (RandAugment, random erasing, mixup/CutMix, smoothing, drop-path) plus
     EMA: interrupted by a real SIGINT in epoch 2, resumed, the final weights, EMA and per-epoch losses
     are bit-identical to an uninterrupted run's."""
-    args = ["train", "--data-dir", str(digits), *TINY, *PLAIN, "--epochs", "3", "--batch-size", "4",
+    args = ["train", "--data-dir", str(digits), *TINY, *PLAIN, "--epochs", "3", "--batch-size", "8",
             "--model-ema", "--model-ema-decay", "0.99"]
-    ref = _cli(*args, "--output", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr
+    assert main(args + ["--output", str(tmp_path / "ref")]) == 0  # in this process (one thread, as the others)
     out = tmp_path / "cut"
     p = subprocess.Popen([sys.executable, "-m", "fusedkat", *args, "--output", str(out)], env=_env(), cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # wait for the end of epoch 1, then interrupt epoch 2 (100 steps, ~2 s)
+    for line in p.stdout:  # wait for the end of epoch 1, then interrupt epoch 2 (50 steps, > 1 s)
         if line.startswith("epoch 1/3"):
             break
     time.sleep(0.5)
@@ -144,10 +152,10 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_pa
     assert len(msg) == 1 and "interrupted at epoch" in msg[0] and "--resume" in msg[0], err
     cut = _ckpt(out / "last.pth")
     # mid-epoch (epoch 2, or epoch 3 if the signal came during epoch 2's validation on a loaded machine)
-    assert cut["epoch"] in (1, 2) and 0 < cut["step_in_epoch"] < 100, (cut["epoch"], cut["step_in_epoch"])
-    r = _cli(*args, "--output", str(out), "--resume", str(out / "last.pth"))
-    assert r.returncode == 0, r.stderr
-    assert f"step {cut['step_in_epoch']}/100" in r.stdout
+    assert cut["epoch"] in (1, 2) and 0 < cut["step_in_epoch"] < 50, (cut["epoch"], cut["step_in_epoch"])
+    capsys.readouterr()
+    assert main(args + ["--output", str(out), "--resume", str(out / "last.pth")]) == 0
+    assert f"step {cut['step_in_epoch']}/50" in capsys.readouterr().out
     a, b = _ckpt(tmp_path / "ref" / "last.pth"), _ckpt(out / "last.pth")
     for part in ("model", "ema"):
         diff = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
@@ -155,6 +163,11 @@ def test_sigint_mid_epoch_then_resume_equals_an_uninterrupted_run(digits, tmp_pa
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert [h["top1"] for h in a["history"]] == [h["top1"] for h in b["history"]]
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    # eval --use-ema reproduces the EMA top-1 of the last epoch
+    assert main(["eval", "--checkpoint", str(out / "last.pth"), "--data-dir", str(digits / "val"), "--workers", "0",
+                 "--use-ema"]) == 0
+    got = capsys.readouterr().out
+    assert f"top-1 {b['history'][-1]['ema_top1']:.2f}%" in got and "(EMA weights)" in got, got
 
 
 def _weights_gap(a: dict, b: dict) -> tuple[float, float]:
@@ -169,8 +182,7 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(sma
     gradient's size, so weights whose gradient is ~0 can differ by up to ~lr from float summation order;
     the bulk must agree to float precision.  A run with another seed (other batches) is far off."""
     common = ["train", "--data-dir", str(small_digits), *TINY, *PLAIN, *NO_RANDOM, "--epochs", "2", "--lr", "2e-3"]
-    one = _cli(*common, "--batch-size", "16", "--output", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr
+    assert main(common + ["--batch-size", "16", "--output", str(tmp_path / "one")]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fusedkat",
            *common]
     two = subprocess.run(cmd + ["--batch-size", "8", "--output", str(tmp_path / "two")], env=_env(), cwd=ROOT,
@@ -184,10 +196,21 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(sma
     assert [h["top1"] for h in a["history"]] == [h["top1"] for h in b["history"]]
     np.testing.assert_allclose([h["train_loss"] for h in a["history"]], [h["train_loss"] for h in b["history"]],
                                rtol=1e-5)
-    other = subprocess.run(cmd + ["--batch-size", "8", "--seed", "1", "--output", str(tmp_path / "other")],
+    # Negative control: another seed, on a copy with one corrupt image left out (--bad-images skip:
+    # rank 0 checks the images and tells rank 1 which to drop, or the ranks' epochs would differ).
+    import shutil
+
+    data = Path(shutil.copytree(small_digits, tmp_path / "data"))
+    (data / "train" / "digit0" / "broken.png").write_bytes(b"not an image")
+    cmd[cmd.index(str(small_digits))] = str(data)
+    other = subprocess.run(cmd + ["--batch-size", "8", "--seed", "1", "--bad-images", "skip",
+                                  "--output", str(tmp_path / "other")],
                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert other.returncode == 0, other.stderr[-3000:]
-    worst, p99 = _weights_gap(a["model"], _ckpt(tmp_path / "other" / "last.pth")["model"])
+    assert other.stdout.count("skipped 1 corrupt training images") == 1, other.stdout
+    c = _ckpt(tmp_path / "other" / "last.pth")
+    assert c["global_step"] == 2 * ((80 // 2) // 8)  # 80 usable images of 81
+    worst, p99 = _weights_gap(a["model"], c["model"])
     assert p99 > 1e-3, (worst, p99)
 
 
@@ -270,6 +293,22 @@ def test_resume_refuses_another_model_or_config(capsys, trained, digits, tmp_pat
     torch.save({k: v for k, v in sd.items() if "blocks.1." not in k}, tmp_path / "cut.pth")
     line = _error(capsys, "eval", "--checkpoint", str(tmp_path / "cut.pth"), "--data-dir", val, *TINY)
     assert "does not fit" in line and "blocks.1." in line
+
+
+def test_train_from_a_vit_checkpoint(capsys, small_digits, tmp_path):
+    """--init-from-vit end to end (a full-size KAT-T at 32 px: 5 tokens, so seconds on a CPU), and a ViT
+    that does not fit the KAT (2 blocks vs 12) is one line before training."""
+    import timm
+
+    torch.save(timm.create_model("vit_tiny_patch16_224").state_dict(), tmp_path / "vit.pth")
+    vit = ["--init-from-vit", str(tmp_path / "vit.pth")]
+    args = ["train", "--data-dir", str(small_digits), "--model", "kat_tiny_patch16_224", "--img-size", "32",
+            *PLAIN, *NO_RANDOM, "--epochs", "1", "--batch-size", "16"]
+    assert main(args + vit + ["--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "initialised from ViT" in out and "new head" in out and "final: top-1" in out
+    line = _error(capsys, *args, *vit, "--model-kwargs", "depth=2", "--output", str(tmp_path / "out2"))
+    assert "does not fit" in line and "blocks.2." in line
 
 
 def test_init_from_vit_uses_the_vit_to_kat_transfer(tmp_path):

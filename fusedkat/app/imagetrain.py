@@ -37,7 +37,7 @@ import torch
 from ..files import OutputError, atomic_save, atomic_write_text, check_writable_dir
 from . import checkpointing as ck
 from .errors import CLIError
-from .imagedata import (ShardSampler, SeededImages, eval_data_config, eval_transform, make_loader, sample_seed,
+from .imagedata import (SeededImages, ShardSampler, eval_data_config, eval_transform, make_loader, sample_seed,
                         scan_folder, train_transform)
 
 #: Config keys that may differ between a run and its resume (they do not change the numbers).
@@ -206,6 +206,29 @@ def _check_output(out: str, *, resume: Optional[str], force: bool) -> Path:
     return o
 
 
+def _scan(folder: str, what: str, cfg: Dict[str, Any], dist: _Dist):
+    """:func:`scan_folder` on every rank, but only rank 0 opens the images; its verdict (an error,
+    or the corrupt files to leave out) is broadcast, so every rank has the same sample list."""
+    check, bad = cfg.get("check_images", "verify"), cfg.get("bad_images", "error")
+    if not dist.active:
+        return scan_folder(folder, what=what, check=check, bad_images=bad)
+    import torch.distributed as tdist
+
+    verdict: List[Any] = [None]
+    if dist.main:
+        try:
+            verdict = [("ok", scan_folder(folder, what=what, check=check, bad_images=bad).skipped)]
+        except CLIError as e:
+            verdict = [("error", str(e))]
+    tdist.broadcast_object_list(verdict, src=0)
+    kind, payload = verdict[0]
+    if kind == "error":
+        raise CLIError(payload)
+    scan = scan_folder(folder, what=what, check="none")
+    drop = set(payload)
+    return type(scan)(scan.root, scan.classes, [x for x in scan.samples if x[0] not in drop], list(payload))
+
+
 def run_train(cfg: Dict[str, Any], stream: Optional[TextIO] = None) -> Dict[str, Any]:
     """Train as configured by ``cfg`` (the ``fusedkat train`` options as a dict); returns the last metrics."""
     stream = stream or sys.stdout
@@ -223,9 +246,8 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
     # ---- every check before any training -----------------------------------------------------------
     out = _check_output(cfg["output"], resume=cfg.get("resume"), force=cfg.get("force", False))
     train_dir, val_dir = _split_dirs(cfg["data_dir"], cfg.get("val_dir"))
-    scan_kw = dict(check=cfg.get("check_images", "verify"), bad_images=cfg.get("bad_images", "error"))
-    tr = scan_folder(train_dir, what="training folder", **scan_kw)
-    va = scan_folder(val_dir, what="validation folder", **scan_kw) if val_dir else None
+    tr = _scan(train_dir, "training folder", cfg, dist)
+    va = _scan(val_dir, "validation folder", cfg, dist) if val_dir else None
     if va is not None and va.classes != tr.classes:
         extra = sorted(set(va.classes) ^ set(tr.classes))[:5]
         raise CLIError(f"the validation folder's classes differ from the training folder's (e.g. {extra})")
