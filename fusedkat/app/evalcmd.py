@@ -16,7 +16,7 @@ import torch
 from . import checkpointing as ck
 from .errors import CLIError
 from .imagedata import SeededImages, ShardSampler, eval_data_config, eval_transform, make_loader, scan_folder
-from .imagetrain import build_model, evaluate, format_eval
+from .imagemodel import build_model, evaluate, format_eval, parse_model_kwargs
 
 
 def _official_model(path: str, name: Optional[str], num_classes: int, img_size: Optional[int],
@@ -52,8 +52,6 @@ def run_eval(checkpoint: str, data_dir: str, *, model: Optional[str] = None, img
              workers: int = 4, device: str = "auto", check_images: str = "verify", bad_images: str = "error",
              stream: Optional[TextIO] = None) -> Dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data_dir`` (``data_dir/<class>/<image>``); prints and returns the metrics."""
-    from .imagetrain import parse_model_kwargs
-
     stream = stream or sys.stdout
     scan = scan_folder(data_dir, what="evaluation folder", check=check_images, bad_images=bad_images)
     if scan.skipped:

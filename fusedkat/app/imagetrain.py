@@ -21,12 +21,9 @@ the same epoch order are skipped) and exits with status 130.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
-import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -34,11 +31,15 @@ from typing import Any, Dict, List, Optional, TextIO
 
 import torch
 
-from ..files import OutputError, atomic_save, atomic_write_text, check_writable_dir
+from ..files import OutputError, atomic_write_text, check_writable_dir
 from . import checkpointing as ck
+from .distrun import DistEnv, StopFlag
 from .errors import CLIError
 from .imagedata import (SeededImages, ShardSampler, eval_data_config, eval_transform, make_loader, sample_seed,
                         scan_folder, train_transform)
+from .imagemodel import build_model, evaluate, format_eval, init_from_vit, parse_model_kwargs, vit_name_for
+
+__all__ = ["run_train", "parse_model_kwargs", "build_model", "RESUME_FREE"]
 
 #: Config keys that may differ between a run and its resume (they do not change the numbers).
 RESUME_FREE = ("data_dir", "output", "resume", "init_from_vit", "vit_model", "workers", "progress", "force",
@@ -46,138 +47,6 @@ RESUME_FREE = ("data_dir", "output", "resume", "init_from_vit", "vit_model", "wo
 METRICS = "metrics.jsonl"
 LAST = "last.pth"
 BEST = "best.pth"
-
-
-def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    """``["depth=2", "embed_dim=64", "act_init=gelu"]`` -> ``{"depth": 2, "embed_dim": 64, "act_init": "gelu"}``."""
-    out: Dict[str, Any] = {}
-    for item in items or []:
-        key, eq, val = item.partition("=")
-        if not eq or not key.isidentifier():
-            raise CLIError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            out[key] = val
-    return out
-
-
-def build_model(name: str, num_classes: int, *, img_size: Optional[int] = None, model_kwargs: Optional[dict] = None,
-                drop_path: float = 0.0, **extra: Any) -> torch.nn.Module:
-    """timm's ``name`` (KAT names registered by ``fusedkat.models``) with ``num_classes`` outputs."""
-    import timm
-
-    import fusedkat.models  # noqa: F401  (registers kat_* in timm)
-
-    if not timm.is_model(name):
-        raise CLIError(f"unknown model {name!r} (e.g. kat_tiny_patch16_224; see timm.list_models('kat_*'))")
-    kwargs = dict(model_kwargs or {}, num_classes=num_classes, **extra)
-    if img_size:
-        kwargs["img_size"] = img_size
-    if drop_path:
-        kwargs["drop_path_rate"] = drop_path
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except CLIError:
-        raise
-    except Exception as e:
-        raise CLIError(f"could not build {name!r} with {kwargs}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
-
-
-def init_from_vit(model: torch.nn.Module, path: str, vit_model: str, stream: TextIO) -> None:
-    """Load a timm ViT checkpoint into ``model`` through the ViT -> KAT transfer (fusedkat convert's
-    :func:`load_vit` and :func:`vit_to_kat`); the head is kept only if its size matches, the position
-    embedding is resampled to the model's image size by timm."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from ..models import vit_to_kat
-    from .convert import load_vit
-
-    vit = load_vit(vit_model, path)
-    kat = vit_to_kat(vit, form=getattr(model, "rational_form", "A"))
-    sd = kat.state_dict()
-    head = model.state_dict().get("head.weight")
-    if head is None or "head.weight" not in sd or sd["head.weight"].shape != head.shape:
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    sd = checkpoint_filter_fn(sd, model)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-    if bad:
-        raise CLIError(f"{path} ({vit_model}) does not fit {type(model).__name__}: keys {bad[:5]}")
-    print(f"initialised from ViT {path} ({vit_model}) by the ViT -> KAT transfer"
-          f"{'; new head' if missing else ''}", file=stream)
-
-
-class _Dist:
-    """torch.distributed from torchrun's environment (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``), or one process."""
-
-    def __init__(self, device_name: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and device_name != "cpu"
-        if device_name == "cuda" and not torch.cuda.is_available():
-            raise CLIError("--device cuda was requested but torch sees no CUDA device")
-        self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(self.device)
-        self.active = self.world > 1
-        if self.active:
-            import torch.distributed as dist
-
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: List[float]) -> List[float]:
-        if not self.active:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag that the loop reads between optimizer steps (a second Ctrl-C is a hard stop)."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._first = 0.0
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        # Under torchrun a Ctrl-C reaches each worker twice (from the terminal and from the agent):
-        # only a signal more than 2 s after the first one is a hard stop.
-        if self.set and time.monotonic() - self._first > 2.0 and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.set:
-            self.set, self._first = True, time.monotonic()
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _split_dirs(data_dir: str, val_dir: Optional[str]) -> tuple[str, Optional[str]]:
@@ -206,7 +75,7 @@ def _check_output(out: str, *, resume: Optional[str], force: bool) -> Path:
     return o
 
 
-def _scan(folder: str, what: str, cfg: Dict[str, Any], dist: _Dist):
+def _scan(folder: str, what: str, cfg: Dict[str, Any], dist: DistEnv):
     """:func:`scan_folder` on every rank, but only rank 0 opens the images; its verdict (an error,
     or the corrupt files to leave out) is broadcast, so every rank has the same sample list."""
     check, bad = cfg.get("check_images", "verify"), cfg.get("bad_images", "error")
@@ -232,14 +101,14 @@ def _scan(folder: str, what: str, cfg: Dict[str, Any], dist: _Dist):
 def run_train(cfg: Dict[str, Any], stream: Optional[TextIO] = None) -> Dict[str, Any]:
     """Train as configured by ``cfg`` (the ``fusedkat train`` options as a dict); returns the last metrics."""
     stream = stream or sys.stdout
-    dist = _Dist(cfg.get("device", "auto"))
+    dist = DistEnv(cfg.get("device", "auto"))
     try:
         return _run(cfg, dist, stream)
     finally:
         dist.close()
 
 
-def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
+def _run(cfg: Dict[str, Any], dist: DistEnv, stream: TextIO) -> Dict[str, Any]:
     say = (lambda *a: print(*a, file=stream, flush=True)) if dist.main else (lambda *a: None)
     if cfg.get("resume") and cfg.get("init_from_vit"):
         raise CLIError("--resume and --init-from-vit exclude each other (a resumed run has its weights)")
@@ -283,7 +152,10 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
     model = build_model(cfg["model"], len(tr.classes), img_size=cfg.get("img_size"),
                         model_kwargs=cfg.get("model_kwargs"), drop_path=cfg.get("drop_path", 0.0))
     if cfg.get("init_from_vit") and ckpt is None:
-        init_from_vit(model, cfg["init_from_vit"], cfg.get("vit_model") or _vit_name(cfg["model"]), stream if dist.main else open(os.devnull, "w"))
+        import io
+
+        init_from_vit(model, cfg["init_from_vit"], cfg.get("vit_model") or vit_name_for(cfg["model"]),
+                      stream if dist.main else io.StringIO())
     model.to(dist.device)
     data_cfg = eval_data_config(model, cfg.get("img_size"))
     optimizer = create_optimizer_v2(model, opt=cfg.get("opt", "adamw"), lr=cfg["lr"],
@@ -364,7 +236,7 @@ def _run(cfg: Dict[str, Any], dist: _Dist, stream: TextIO) -> Dict[str, Any]:
     last_metrics: Dict[str, Any] = history[-1] if history else {}
     best = max((h.get("top1", -1.0) for h in history), default=-1.0)
     show = dist.main and cfg.get("progress", True)
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for epoch in range(start_epoch, cfg["epochs"]):
             step = start_step if epoch == start_epoch else 0
             loss_sum, loss_n = loss_carry if epoch == start_epoch else (0.0, 0)
@@ -467,45 +339,6 @@ def _seed_step(s: int) -> None:
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
-
-
-def _vit_name(kat_name: str) -> str:
-    size = next((s for s in ("tiny", "small", "base") if f"_{s}" in kat_name), None)
-    if size is None:
-        raise CLIError(f"--init-from-vit: cannot tell the ViT of {kat_name!r}; pass --vit-model")
-    return f"vit_{size}_patch16_224"
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, dist: Optional[_Dist] = None, autocast=contextlib.nullcontext) -> Dict[str, float]:
-    """``{"val_loss", "top1", "top5", "images"}`` over ``loader`` (summed over ranks); top-k in percent,
-    top-5 is top-min(5, classes)."""
-    from timm.utils import accuracy
-
-    was = model.training
-    model.eval()
-    device = dist.device if dist is not None else next(model.parameters()).device
-    loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x)
-        logits = logits.float()
-        k5 = min(5, logits.shape[-1])
-        a1, a5 = accuracy(logits, y, topk=(1, k5))
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        c1 += round(float(a1) * x.shape[0] / 100)
-        c5 += round(float(a5) * x.shape[0] / 100)
-        n += x.shape[0]
-    model.train(was)
-    if dist is not None:
-        loss_sum, c1, c5, n = dist.sum([loss_sum, c1, c5, float(n)])
-    n = max(1, int(n))
-    return {"val_loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "images": n}
-
-
-def format_eval(m: Dict[str, Any]) -> str:
-    return f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['val_loss']:.4f}  ({m['images']} images)"
 
 
 def format_epoch(rec: Dict[str, Any], epochs: int) -> str:
