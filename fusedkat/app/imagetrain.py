@@ -42,7 +42,7 @@ from .imagemodel import build_model, evaluate, format_eval, init_from_vit, parse
 __all__ = ["run_train", "parse_model_kwargs", "build_model", "RESUME_FREE"]
 
 #: Config keys that may differ between a run and its resume (they do not change the numbers).
-RESUME_FREE = ("data_dir", "output", "resume", "init_from_vit", "vit_model", "workers", "progress", "force",
+RESUME_FREE = ("data_dir", "val_dir", "output", "resume", "init_from_vit", "vit_model", "workers", "progress", "force",
                "compile", "check_images", "bad_images", "device")
 METRICS = "metrics.jsonl"
 LAST = "last.pth"
