@@ -1,4 +1,4 @@
-"""The ``fusedkat`` console script: ``info``, ``demo``, ``fit``, ``convert``, ``bench``.
+"""The ``fusedkat`` console script: ``info``, ``demo``, ``fit``, ``convert``, ``bench``, ``train``, ``eval``.
 
 Errors a user can cause (bad arguments, missing files, unknown names) print one line,
 ``fusedkat <command>: error: <what>``, and exit non-zero without a traceback; set
@@ -83,6 +83,71 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", metavar="DIR", help="where the report's markdown and plots go (default: next to the JSON)")
     s.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
     s.add_argument("--bench-dir", help="the bench/ folder of a source checkout (found automatically)")
+
+    s = sub.add_parser("train", help="train a KAT on an image folder (DIR/train, DIR/val); DDP via torchrun",
+                       description="Train a KAT (or any timm model) on ImageNet-style class folders with the "
+                       "DeiT recipe. One process: `fusedkat train ...`; several GPUs: `torchrun "
+                       "--nproc-per-node N -m fusedkat train ...`. Writes OUTPUT/last.pth (every epoch and on "
+                       "Ctrl-C), best.pth, metrics.jsonl, curves.png, config.json.")
+    s.add_argument("--data-dir", required=True, help="folder with train/<class>/<image> (and val/<class>/<image>)")
+    s.add_argument("--val-dir", help="validation class folders (default DATA_DIR/val)")
+    s.add_argument("--model", default="kat_tiny_patch16_224", help="timm model name (default %(default)s)")
+    s.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE", help="extra timm.create_model kwargs, e.g. depth=6")
+    s.add_argument("--img-size", type=_positive_int, help="input size (default: the model's, 224)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--init-from-vit", metavar="FILE", help="start from a timm ViT checkpoint (ViT -> KAT transfer)")
+    g.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pth")
+    s.add_argument("--vit-model", help="timm ViT of --init-from-vit (default: vit_{tiny,small,base}_patch16_224 by --model)")
+    s.add_argument("--output", default="fusedkat-train", metavar="DIR", help="run folder (default %(default)s)")
+    s.add_argument("--force", action="store_true", help="overwrite a previous run in --output")
+    s.add_argument("--epochs", type=_positive_int, default=300)
+    s.add_argument("--batch-size", type=_positive_int, default=128, help="per process (default %(default)s)")
+    s.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
+    s.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 x global batch / 1024)")
+    s.add_argument("--weight-decay", type=float, default=0.05)
+    s.add_argument("--opt", default="adamw", help="timm optimizer name (default %(default)s)")
+    s.add_argument("--sched", default="cosine", help="timm scheduler name (default %(default)s)")
+    s.add_argument("--warmup-epochs", type=int, default=5)
+    s.add_argument("--warmup-lr", type=float, default=1e-6)
+    s.add_argument("--min-lr", type=float, default=1e-5)
+    s.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    s.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off; default %(default)s)")
+    s.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0: off; default %(default)s)")
+    s.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (0: off; default %(default)s)")
+    s.add_argument("--aa", dest="auto_augment", default="rand-m9-mstd0.5-inc1",
+                   help="timm auto-augment policy ('none': off; default %(default)s)")
+    s.add_argument("--reprob", type=float, default=0.25, help="random erasing probability (default %(default)s)")
+    s.add_argument("--color-jitter", type=float, default=0.4)
+    s.add_argument("--no-aug", dest="aug", action="store_false",
+                   help="no random augmentation (train images preprocessed as for evaluation)")
+    s.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default %(default)s)")
+    s.add_argument("--model-ema", dest="ema", action="store_true", help="keep an EMA of the weights (ModelEmaV3)")
+    s.add_argument("--model-ema-decay", dest="ema_decay", type=float, default=0.9998)
+    s.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "off"), help="autocast on GPU (default %(default)s)")
+    s.add_argument("--no-compile", dest="compile", action="store_false", help="run eagerly (no torch.compile)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=4, help="DataLoader workers per process (default %(default)s)")
+    s.add_argument("--check-images", default="verify", choices=("verify", "full", "none"),
+                   help="check every image before training: verify (PIL header/structure), full (decode), none")
+    s.add_argument("--bad-images", default="error", choices=("error", "skip"), help="corrupt images: stop, or leave them out")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a folder of class folders",
+                       description="Evaluate a fusedkat train checkpoint or an official-layout KAT state_dict "
+                       "with the model's own preprocessing (pretrained_cfg: crop_pct, interpolation, mean/std).")
+    s.add_argument("--checkpoint", required=True, metavar="FILE")
+    s.add_argument("--data-dir", required=True, help="folder of class folders (e.g. ImageNet val/<synset>/<image>)")
+    s.add_argument("--model", help="timm model name (read from fusedkat train checkpoints)")
+    s.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--img-size", type=_positive_int, help="input size (default: the checkpoint's or the model's)")
+    s.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a train checkpoint")
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--workers", type=int, default=4)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--check-images", default="verify", choices=("verify", "full", "none"))
+    s.add_argument("--bad-images", default="error", choices=("error", "skip"))
+    s.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     return p
 
 
@@ -125,6 +190,36 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_bench(size=args.size, json_path=args.json, select=args.select, bench_dir=args.bench_dir,
                          out_dir=args.out_dir, plots=args.plots)
+    if args.command == "train":
+        from .app.imagetrain import parse_model_kwargs, run_train
+
+        cfg = {k: v for k, v in vars(args).items() if k != "command"}
+        cfg["model_kwargs"] = parse_model_kwargs(args.model_kwargs)
+        if cfg["auto_augment"] in ("none", ""):
+            cfg["auto_augment"] = None
+        run_train(cfg)
+        return 0
+    if args.command == "eval":
+        from .app.evalcmd import run_eval
+
+        if args.json:
+            from .files import OutputError, check_writable
+
+            try:
+                check_writable(args.json, what="--json file")
+            except OutputError as e:
+                raise CLIError(str(e))
+        m = run_eval(args.checkpoint, args.data_dir, model=args.model, img_size=args.img_size,
+                     model_kwargs=args.model_kwargs, use_ema=args.use_ema, batch_size=args.batch_size,
+                     workers=args.workers, device=args.device, check_images=args.check_images,
+                     bad_images=args.bad_images)
+        if args.json:
+            import json
+
+            from .files import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(m, indent=2))
+        return 0
     raise CLIError(f"unknown command {args.command!r}", exit_code=2)
 
 

@@ -108,3 +108,28 @@ def plot_fit(x: np.ndarray, target: np.ndarray, fitted: np.ndarray, title: str, 
     _save(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_train_metrics(history: list[dict], path: Path) -> Path:
+    """``fusedkat train``'s curves per epoch: train/val loss and val top-1/top-5 (written atomically)."""
+    from ..files import atomic_save
+
+    plt = _plt()
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ep = [h["epoch"] for h in history]
+    a0.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    if all("val_loss" in h for h in history):
+        a0.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    for key, label in (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1")):
+        if all(key in h for h in history):
+            a1.plot(ep, [h[key] for h in history], "o-", label=label)
+    for ax, title in ((a0, "loss"), (a1, "validation accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
