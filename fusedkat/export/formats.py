@@ -106,7 +106,7 @@ def to_onnx(program: "torch.export.ExportedProgram", example: torch.Tensor) -> b
     """The ONNX model (bytes) of a decomposed ``program``, checked with ``onnx.checker``."""
     kept = fusedkat_ops_in(program)
     if kept:
-        raise ExportError(f"ONNX has no {', '.join('fusedkat::' + k for k in kept)} op: export with the "
+        raise ExportError(f"ONNX has no {', '.join(kept)} op: export with the "
                           f"fusedkat ops decomposed (keep_custom_ops=False / no --keep-custom-ops)")
     onnx = _need("onnx")
     _need("onnxscript")
@@ -142,7 +142,7 @@ def compile_aoti(program: "torch.export.ExportedProgram", package_path: str) -> 
     """Compile ``program`` into an AOTInductor package at ``package_path`` (a ``.pt2`` file name)."""
     kept = fusedkat_ops_in(program)
     if kept:
-        raise ExportError(f"an AOTInductor package runs without Python, and {', '.join('fusedkat::' + k for k in kept)} "
+        raise ExportError(f"an AOTInductor package runs without Python, and {', '.join(kept)} "
                           f"is a Python custom op: export with the fusedkat ops decomposed (no --keep-custom-ops)")
     from torch._inductor import aoti_compile_and_package
 
