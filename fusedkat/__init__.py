@@ -3,7 +3,7 @@
 ``import fusedkat`` is cheap: it imports only the standard library.  The ``fusedkat::*`` custom ops
 (:mod:`fusedkat.ops`) are registered as soon as torch is imported (before or after fusedkat), and
 the subpackages load on first attribute access (``fusedkat.nn``, ``fusedkat.init``,
-``fusedkat.models``, ``fusedkat.group_rational``, ...).  Nothing ever compiles a kernel or imports
+``fusedkat.models``, ``fusedkat.export``, ``fusedkat.group_rational``, ...).  Nothing ever compiles a kernel or imports
 the CUDA DSL, inductor or timm at import.  The KAT models (``kat_tiny_patch16_224``, ...) are
 registered in timm's registry as soon as timm is imported, before or after fusedkat.  Both use the
 one after-import mechanism of :mod:`fusedkat._import_hooks`.
@@ -17,10 +17,10 @@ from ._import_hooks import after_import as _after_import
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("ops", "init", "nn", "models")
+_LAZY_SUBMODULES = ("ops", "init", "nn", "models", "export")
 _LAZY_OPS = ("group_rational", "rational_linear", "use_backend")
 
-__all__ = ["ops", "init", "nn", "models", "group_rational", "rational_linear", "use_backend", "__version__"]
+__all__ = ["ops", "init", "nn", "models", "export", "group_rational", "rational_linear", "use_backend", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``fusedkat`` console script: ``info``, ``demo``, ``fit``, ``convert``, ``bench``, ``train``, ``eval``.
+"""The ``fusedkat`` console script: ``info``, ``demo``, ``fit``, ``convert``, ``export``, ``bench``, ``train``, ``eval``.
 
 Errors a user can cause (bad arguments, missing files, unknown names) print one line,
 ``fusedkat <command>: error: <what>``, and exit non-zero without a traceback; set
@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-groups", type=_positive_int, default=8)
     s.add_argument("--no-verify", dest="verify", action="store_false", help="skip the ViT-vs-KAT logits check")
     s.add_argument("--force", action="store_true", help="overwrite dst if it exists (default: refuse)")
+
+    s = sub.add_parser("export", help="KAT checkpoint -> torch.export program, ONNX model or AOTInductor package",
+                       description="Export a KAT checkpoint (official layout, or `fusedkat convert` output) with a "
+                       "dynamic batch; the written file's logits are checked against the eager model first.")
+    s.add_argument("checkpoint", help="KAT state_dict (.pth/.bin/.safetensors)")
+    s.add_argument("out", help="file to write (.pt2 for pt2/aoti, .onnx for onnx)")
+    s.add_argument("--model", required=True, help="kat_tiny_patch16_224 ..., or the timm ViT a convert output came from")
+    s.add_argument("--format", required=True, choices=("onnx", "pt2", "aoti"))
+    s.add_argument("--batch", type=_positive_int, help="a fixed batch size instead of a dynamic batch dimension")
+    s.add_argument("--img-size", type=_positive_int, help="image side to export for (default: the model's)")
+    s.add_argument("--keep-custom-ops", action="store_true", help="pt2: keep the fusedkat::* ops (load needs fusedkat)")
+    s.add_argument("--form", default="A", help="rational form of the checkpoint (default A, the official one)")
+    s.add_argument("--num-groups", type=_positive_int, default=8)
+    s.add_argument("--force", action="store_true", help="overwrite OUT if it exists (default: refuse)")
 
     s = sub.add_parser("bench", help="run the benchmark suite and print the report")
     s.add_argument("--size", default="small", help="small (CPU, minutes) or paper (the paper's sizes, GPU)")
@@ -184,6 +198,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_convert(args.src, args.dst, model=args.model, form=args.form, num_groups=args.num_groups,
                     verify=args.verify, force=args.force)
+        return 0
+    if args.command == "export":
+        from .app.exportcmd import run_export
+
+        run_export(args.checkpoint, args.out, model=args.model, format=args.format, batch=args.batch,
+                   img_size=args.img_size, keep_custom_ops=args.keep_custom_ops, force=args.force,
+                   form=args.form, num_groups=args.num_groups)
         return 0
     if args.command == "bench":
         from .app.benchcmd import run_bench

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..init import variance_preserving_
 from ..ops import rational_math as rm
+from ._script import NotScriptable
 from .rational import GroupRational, InitLike
 
 
@@ -31,7 +32,7 @@ def rational_then_linear(x: Tensor, act: GroupRational, drop: nn.Module, fc: nn.
     return F.linear(drop(act(x)), fc.weight, fc.bias)
 
 
-class GRKAN(nn.Module):
+class GRKAN(NotScriptable, nn.Module):
     """GR-KAN(x) = Linear(F(x)): a group-rational activation followed by a linear layer.
 
     Submodules ``act`` (:class:`GroupRational`) and ``fc`` (``nn.Linear``).  The weight is drawn
@@ -79,7 +80,7 @@ class GRKAN(nn.Module):
                                    self.fc.weight, self.fc.bias, form=self.act.form)
 
 
-class KANMlp(nn.Module):
+class KANMlp(NotScriptable, nn.Module):
     """KAT's channel mixer, a drop-in ``mlp_layer`` for timm's VisionTransformer/Block.
 
     ``fc2(drop2(act2(norm(fc1(drop1(act1(x)))))))`` — the official KAN order

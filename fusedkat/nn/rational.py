@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..init import RationalFit, fit_rational, second_moment
 from ..ops import rational_math as rm
+from ._script import NotScriptable
 
 InitLike = Union[str, RationalFit, Callable[[np.ndarray], np.ndarray]]
 
@@ -32,7 +33,7 @@ def _order(order: Tuple[int, int]) -> Tuple[int, int]:
     return rm.check_int(order[0], "numerator degree m", 0), rm.check_int(order[1], "denominator degree n", 1)
 
 
-class GroupRational(nn.Module):
+class GroupRational(NotScriptable, nn.Module):
     """F(x) = P(x)/Q(x) applied channel-wise, numerator shared, one denominator per channel group.
 
     Args:
