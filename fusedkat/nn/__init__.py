@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .grkan import GRKAN, KANMlp, rational_then_linear
+from .kanlinear import KanLinear
 from .rational import GroupRational, resolve_fit
 
-__all__ = ["GroupRational", "GRKAN", "KANMlp", "rational_then_linear", "resolve_fit"]
+__all__ = ["GroupRational", "GRKAN", "KANMlp", "rational_then_linear", "resolve_fit", "KanLinear"]
