@@ -54,8 +54,8 @@ FAMILIES = {
     "gpt2": (_gpt2, lambda: (_ids(),), "gelu_tanh", "trace", ("transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj")),
     "bert": (_bert, lambda: (_ids(),), "gelu", "sibling order",
              ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense")),
-    "vit": (_vit, lambda: (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)),), "gelu", "trace",
-            None),
+    "vit": (_vit, lambda: (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)),), "gelu", None,
+            None),  # transformers 5 has one ViTMLP module (trace); 4.x split it like BERT (sibling order)
 }
 
 
@@ -74,7 +74,9 @@ def test_hf_logits_weights_compile_and_fusion(family):
     x = inputs()
     k, rep = fusedkat.kanify(model)
     assert len(rep.converted) == 2, str(rep)
-    assert {(c.activation, c.found_by) for c in rep.converted} == {(activation, found_by)}
+    assert {c.activation for c in rep.converted} == {activation}
+    if found_by is not None:
+        assert {c.found_by for c in rep.converted} == {found_by}
     if first is not None:
         assert (rep.converted[0].fc1, rep.converted[0].fc2) == first
     assert all(isinstance(k.get_submodule(c.act), GroupRational) for c in rep.converted)
