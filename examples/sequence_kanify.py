@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -172,18 +173,28 @@ def main(argv=None) -> dict:
     for name in ("digits", "steps", "batch_size", "layers", "dim", "heads", "test_size", "eval_every"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.test_size > 10 ** (2 * args.digits) // 2:
+        ap.error(f"--test-size must be at most half of the {10 ** (2 * args.digits)} {args.digits}-digit problems")
 
-    import fusedkat
-    from fusedkat.app.plots import plot_rationals
-    from fusedkat.files import atomic_write_text, check_writable, check_writable_dir
+    from fusedkat.files import check_writable, check_writable_dir
 
     out = check_writable_dir(args.out)  # fail before training, not after
     check_writable(out / "results.json")
     check_writable(out / "rationals.png")
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.test_size > 10 ** (2 * args.digits) // 2:
-        ap.error(f"--test-size must be at most half of the {10 ** (2 * args.digits)} {args.digits}-digit problems")
+    try:
+        return _run(args, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, out: Path) -> dict:
+    import fusedkat
+    from fusedkat.app.plots import plot_rationals
+    from fusedkat.files import atomic_write_text
+
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
     test = problems(args.test_size, args.digits, torch.Generator().manual_seed(10_000 + args.seed))

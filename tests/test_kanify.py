@@ -3,6 +3,8 @@ converted model's logits against the original, compile (fullgraph) and the fuse 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +208,27 @@ def test_training_step_updates_rationals():
     opt.step()
     for key in ("0.rational.weight_numerator", "1.weight_denominator", "0.weight", "3.weight"):
         assert not torch.equal(before[key], k.state_dict()[key]), key
+
+
+def test_chained_mlps_and_shared_activation():
+    torch.manual_seed(0)
+    gelu = nn.GELU()  # one instance used by two MLPs (a different parent each)
+    m = nn.Sequential(nn.Sequential(nn.Linear(16, 32), gelu, nn.Linear(32, 16), nn.SiLU(), nn.Linear(16, 16)),
+                      nn.Sequential(nn.Linear(16, 32), gelu, nn.Linear(32, 8))).eval()
+    spread_mlps(m)
+    k, rep = fusedkat.kanify(m)
+    # 0.2 is fc2 of the first MLP and fc1 of the second: both conversions apply
+    assert [(c.fc1, c.act, c.fc2) for c in rep.converted] == [("0.0", "0.1", "0.2"), ("0.2", "0.3", "0.4"),
+                                                               ("1.0", "1.1", "1.2")]
+    assert k[0][1] is not k[1][1] and isinstance(k[1][1], GroupRational)
+    x = 0.5 * torch.randn(32, 16)
+    with torch.no_grad():
+        y, yk = m(x), k(x)
+    assert (yk - y).abs().max().item() < 2e-2 * y.abs().max().item()
+
+
+def test_kanify_does_not_import_transformers():
+    code = ("import sys, torch, fusedkat; from torch import nn; "
+            "fusedkat.kanify(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))); "
+            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

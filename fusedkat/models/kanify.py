@@ -223,7 +223,9 @@ def kanify(
         f2 = GroupRational(num_groups, init=fit, form=form, **dd)
         _set(model, site.fc1, _kan_linear(model, site.fc1, site.fc1_kind, f1))
         _set(model, site.act, f2)
-        if site.fc2_kind != LINEAR:  # HF Conv1D: an F.linear view, so the compile pass can fuse F2 into it
+        if site.fc2_kind != LINEAR and not isinstance(model.get_submodule(site.fc2), KanLinear):
+            # HF Conv1D: an F.linear view, so the compile pass can fuse F2 into it (a KanLinear
+            # already, when this fc2 is also the next MLP's fc1 and was converted first)
             _set(model, site.fc2, _kan_linear(model, site.fc2, site.fc2_kind, None))
         report.converted.append(ConvertedMLP(
             name=site.name, fc1=site.fc1, act=site.act, fc2=site.fc2, in_features=site.in_features,
