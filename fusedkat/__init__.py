@@ -19,8 +19,10 @@ __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("ops", "init", "nn", "models", "export")
 _LAZY_OPS = ("group_rational", "rational_linear", "use_backend")
+_LAZY_MODELS = ("kanify",)  # from fusedkat.models (imports timm when first used)
 
-__all__ = ["ops", "init", "nn", "models", "export", "group_rational", "rational_linear", "use_backend", "__version__"]
+__all__ = ["ops", "init", "nn", "models", "export", "group_rational", "rational_linear", "use_backend", "kanify",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,11 +31,13 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY_OPS:
         return getattr(importlib.import_module(".ops", __name__), name)
+    if name in _LAZY_MODELS:
+        return getattr(importlib.import_module(".models", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_OPS))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_OPS) | set(_LAZY_MODELS))
 
 
 def _register_ops() -> None:

@@ -15,16 +15,21 @@ _LAZY = {
     "KAT": "kat", "MODEL_CONFIGS": "kat", "checkpoint_filter_fn": "kat",
     "vit_to_kat": "convert", "activation_target": "convert",
     "mimetic_init_": "mimetic", "ortho_like": "mimetic",
+    "kanify": "kanify", "KanifyReport": "kanify",
 }
 
 __all__ = ["KAT", "MODEL_CONFIGS", "KATCheckpointError", "checkpoint_format", "validate_state_dict",
-           "checkpoint_filter_fn", "vit_to_kat", "activation_target", "mimetic_init_", "ortho_like"]
+           "checkpoint_filter_fn", "vit_to_kat", "activation_target", "mimetic_init_", "ortho_like",
+           "kanify", "KanifyReport"]
 
 
 def __getattr__(name: str) -> Any:
     """Import ``.kat`` / ``.convert`` / ``.mimetic`` on first use of one of their names (PEP 562)."""
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        # importing ``.kanify`` binds the *module* to this package's ``kanify``; the function wins
+        globals()[name] = value
+        return value
     if name in ("kat", "convert", "mimetic"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
