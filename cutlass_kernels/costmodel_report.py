@@ -126,23 +126,29 @@ def backward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[lis
 
 
 def report(spec: GpuSpec, inp: SassInputs, results: Optional[Path] = None) -> dict:
-    """Everything the CLI prints: fit, validation rows and summary, both prediction tables."""
+    """Everything the CLI prints: fit, validation rows and summary, both prediction tables.
+
+    The fit, the validation and the cross-fit use the SASS of the kernels as they were measured
+    (:data:`~.costmodel.MEASURED_SLOTS`); the prediction tables use ``inp`` (today's kernels)."""
+    from .costmodel import MEASURED_SLOTS
+
     meas = load(results)
-    f = fit(meas, inp)
-    rows = validate(meas, f, inp)
+    hist = MEASURED_SLOTS
+    f = fit(meas, hist)
+    rows = validate(meas, f, hist)
     shown = meas if spec is H100 else None  # measurements belong next to H100 predictions only
     fwd, bwd = forward_table(spec, f, inp, shown), backward_table(spec, f, inp, shown)
     worst_fwd = max(fused_fwd_us(spec, f, inp, s) / km.cublas_gemm_us(spec, f, s[0], s[2], s[1]) for _, s in KAT_SHAPES)
     worst_bwd = max(fused_bwd_us(spec, f, inp, s) / km.linear_bwd_us(spec, f, s) for _, s in KAT_SHAPES)
     # sensitivity: phi_old fitted on the old backward instead, forward error then
-    d_, w_ = old_kernels(inp, H100)[1:]
+    d_, w_ = old_kernels(hist, H100)[1:]
     bwd_meas = statistics.median(x.us for x in meas if x.what == "old_fused_bwd" and x.kind == "gpu")
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if km.old_bwd_us(H100, f, d_, w_, PROFILE_SHAPE, mid) > bwd_meas else (lo, mid)
     fwd_meas = statistics.median(x.us for x in meas if x.what == "old_fused_fwd" and x.kind == "gpu")
-    cross = km.old_fwd_us(H100, f, old_kernels(inp, H100)[0], PROFILE_SHAPE, lo) / fwd_meas - 1
+    cross = km.old_fwd_us(H100, f, old_kernels(hist, H100)[0], PROFILE_SHAPE, lo) / fwd_meas - 1
     bwd_at = km.old_bwd_us(H100, f, d_, w_, PROFILE_SHAPE, lo) / bwd_meas - 1
     return {"gpu": spec.name, "clock_ghz": spec.clock_ghz, "sass": inp.source, "fit": asdict(f),
             "assumed": {"eta_issue": km.ETA_ISSUE, "phi_ws": km.PHI_WS, "fill_cycles": km.FILL_CYCLES,

@@ -207,3 +207,25 @@ def variant_sass(name: str, arch: str = "sm_90a", cache_dir: Optional[str] = Non
         raise RuntimeError(f"building {name} for {arch} failed: {'; '.join(row['errors'])}")
     entry = CompileCache(root).entry_path(build.cache_key(variant, arch))
     return sass.sass_text(Path(entry) / "kernel.cubin")
+
+
+def elementwise_slots(sass: str) -> float:
+    """Issue slots per element of an elementwise kernel's main loop, on the path every element takes.
+
+    Elements are counted by their reciprocal: one unpredicated ``MUFU.RCP`` each.  The large-|x|
+    exact path of ``rational_math`` is left out where it is a real branch (its blocks, found by
+    :func:`cutlass_kernels.sass.rescue_blocks`, run only for huge |x|) and counted where ptxas
+    predicated it into the loop (it is issued for every element then); its own, predicated
+    reciprocals are not elements.
+    """
+    from . import sass as _sass
+
+    instrs = parse(sass)
+    lo, hi = main_loop(instrs)
+    body = [(ins.addr, ins.predicated, ins.op, ins.operands) for ins in instrs[lo:hi + 1]]
+    cold = _sass.rescue_blocks(body)
+    hot = [b for i, b in enumerate(body) if i not in cold]
+    elems = sum(1 for _, pred, op, _ in hot if op.startswith("MUFU.RCP") and not pred)
+    if elems == 0:
+        raise ValueError("no unpredicated MUFU.RCP in the main loop: not an elementwise rational kernel")
+    return len(hot) / elems

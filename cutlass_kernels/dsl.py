@@ -60,6 +60,13 @@ class DslMath:
         return list(res) if isinstance(res, (list, tuple)) else [res]
 
 
+    @staticmethod
+    def fallback_warp(ok: Any, values: list, far: Any) -> list:
+        """:meth:`fallback` on a warp-uniform condition (``vote.all`` of ``ok``): the whole warp
+        takes ``far()`` if any lane needs it.  Only where all 32 lanes are converged here."""
+        return DslMath.fallback(cute.arch.vote_all_sync(ok), values, far)
+
+
 def dsl_type(name: str) -> Any:
     """``"bf16" -> cutlass.BFloat16`` etc."""
     return {"fp32": cutlass.Float32, "bf16": cutlass.BFloat16, "fp16": cutlass.Float16}[name]

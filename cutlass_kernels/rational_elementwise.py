@@ -167,8 +167,11 @@ def _kernels() -> Any:
                     for u in cutlass.range_constexpr(U):
                         xv = xs[u].load().to(Float32)
                         out = cute.make_rmem_tensor((1, V), Float32)
+                        # one large-|x| test per vector (rational_math.forward_many), voted per warp
+                        # (every lane computes here; only the loads and stores are guarded)
+                        fs = rm.forward_many(a, b, [xv[0, i] for i in range(V)], form, DslMath, warp_uniform=True)
                         for i in cutlass.range_constexpr(V):
-                            out[0, i] = rm.forward(a, b, xv[0, i], form, DslMath)
+                            out[0, i] = fs[i]
                         v = base + u * nthreads
                         if v < total:
                             cute.local_tile(mY, (1, V), (v, 0)).store(out.load().to(mY.element_type))

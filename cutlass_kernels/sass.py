@@ -152,8 +152,39 @@ def role_counts(sass: str) -> dict[str, collections.Counter]:
                      if _has(insns, a, b, "STS") and not _has(insns, a, b, "HGMMA") and not _has(insns, a, b, "UTMALDG")]
         if cands:
             _, a, b = min(cands)
-            out[role] = collections.Counter(op for _, _, op, _ in insns[a:b + 1])
+            body = insns[a:b + 1]
+            if role == "transform":
+                cold = rescue_blocks(body)
+                if cold:
+                    out["transform_rescue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i in cold)
+                    body = [ins for i, ins in enumerate(body) if i not in cold]
+            out[role] = collections.Counter(op for _, _, op, _ in body)
     return out
+
+
+def rescue_blocks(body: list[tuple[int, bool, str, str]]) -> set[int]:
+    """Indices (into ``body``) of the large-|x| rescue blocks of a transform loop.
+
+    ``rational_math.forward_many`` guards its exact per-element path with one branch per vector;
+    in SASS that is a predicated forward ``BRA`` jumping over a block that holds ``MUFU.RCP`` (the
+    1/x evaluation), while the hot path keeps its own ``MUFU.RCP`` outside such blocks.  Those
+    blocks run only for vectors with huge |x|, so the per-element budget excludes them (the caller
+    reports them separately).  Only blocks jumped over by a predicated branch count; nothing is
+    excluded if no ``MUFU.RCP`` would be left outside them.
+    """
+    addr_index = {addr: i for i, (addr, _, _, _) in enumerate(body)}
+    cold: set[int] = set()
+    for i, (_, pred, op, args) in enumerate(body):
+        if op != "BRA" or not pred:
+            continue
+        m = _BRA_TARGET_RE.search(args)
+        j = addr_index.get(int(m.group(1), 16)) if m else None
+        if j is None or j <= i + 1:
+            continue
+        if any(body[k][2].startswith("MUFU.RCP") for k in range(i + 1, j)):
+            cold.update(range(i + 1, j))
+    hot_rcp = any(op.startswith("MUFU.RCP") for k, (_, _, op, _) in enumerate(body) if k not in cold)
+    return cold if hot_rcp else set()
 
 
 def base_counts(counts: collections.Counter) -> collections.Counter:

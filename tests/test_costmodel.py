@@ -190,7 +190,8 @@ def test_sass_profile_finds_loop_producer_and_skips_out_of_line_blocks():
 def test_ws_uses_measured_role_counts_when_present(monkeypatch):
     from cutlass_kernels import sass
 
-    assert "design" in cm.ws_design(cm.DEFAULT_SLOTS).source  # no sm90ws variant's counts: the design
+    # without an sm90ws variant's counts: the design
+    assert "design" in cm.ws_design(replace(cm.DEFAULT_SLOTS, ws_slots=None)).source
     monkeypatch.setattr(sass, "role_counts", lambda text: {"transform": collections.Counter(
         {"FFMA.FTZ": 90, "MUFU.RCP": 10, "F2FP.BF16.F32.PACK_AB": 20, "LDS.128": 5})}, raising=False)
     slots = cm._ws_slots_from_sass("")

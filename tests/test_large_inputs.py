@@ -215,3 +215,51 @@ def test_rational_linear_large_inputs_finite():
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     ref = torch.nn.functional.linear(fusedkat.group_rational(x.detach().double(), a.double(), b.double()), w.double())
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-3 * ref.abs().max().item())
+
+
+class _BranchingMath:
+    """TorchMath with a ``fallback`` like the CuTe DSL's: the far path runs only when the test
+    fails (here a Python branch on a 0-d bool), so forward_many's per-vector guard is exercised
+    exactly as the kernels take it."""
+
+    def __getattr__(self, name):
+        from fusedkat.ops.torch_impl import TorchMath
+
+        return getattr(TorchMath, name)
+
+    calls = 0
+
+    def fallback(self, ok, values, far):
+        if bool(ok):
+            return list(values)
+        type(self).calls += 1
+        return list(far())
+
+
+@pytest.mark.parametrize("form", ["A", "B"])
+def test_forward_many_vector_guard_matches_exact(form):
+    """rational_math.forward_many (one large-|x| test per vector, as the fused kernels use it):
+    vectors of 8 fp32 values mixing ordinary and huge |x| are exact; all-ordinary vectors keep the
+    direct values (bit-equal to forward) without taking the exact path."""
+    from fusedkat.ops import rational_math as rm
+
+    a, b, x = _case(form, torch.float32, seed=7)
+    x = _keep_finite_truth(form, torch.float32, a, b, x)
+    al = [a[0, i] for i in range(a.shape[1])]
+    bl = [b[0, j] for j in range(b.shape[1])]
+    ops = _BranchingMath()
+    gen = torch.Generator().manual_seed(3)
+    perm = x[torch.randperm(len(x), generator=gen)]
+    n = len(perm) // 8 * 8
+    ys = []
+    for v in perm[:n].view(-1, 8):
+        ys.extend(rm.forward_many(al, bl, list(v), form, ops))
+    y = torch.stack(ys)
+    _check(form, torch.float32, a, b, perm[:n], y)
+    assert ops.calls > 0  # the huge-|x| vectors took the exact path
+    before = ops.calls
+    small = torch.randn(8, generator=gen)
+    got = rm.forward_many(al, bl, list(small), form, ops)
+    assert ops.calls == before
+    want = [rm.forward(al, bl, s, form, type(ops).__mro__[0]()) for s in small]
+    assert torch.equal(torch.stack(got), torch.stack(want))

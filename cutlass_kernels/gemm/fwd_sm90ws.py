@@ -252,8 +252,18 @@ class RationalGemmFwdSm90Ws:
             cute.autovec_copy(tXsA[None, i, 0, src], v)
             if cutlass.const_expr(not cfg.identity):
                 xs = self._unpack(v)
+                # one large-|x| test per vector (rational_math.forward_many), not per element
+                # (all 128 transform threads run this: the test is voted per warp, a uniform branch)
+                vals = [xs[j] for j in range(cute.size(v))]
+                if cutlass.const_expr(cfg.mma):
+                    fs = rm.forward_many(a, b, vals, cfg.form, DslMath, warp_uniform=True)
+                else:
+                    # the _nomma diagnostic: ptxas predicates the guarded exact path into this
+                    # variant's loop (measured: 29.9 slots/el), which would misstate the ALU floor;
+                    # it evaluates F directly instead (~1.4 slots/el under the full kernel's 14.9)
+                    fs = [rm.forward_direct(a, b, x, cfg.form, DslMath)[0] for x in vals]
                 for j in cutlass.range_constexpr(cute.size(v)):
-                    v[j] = rm.forward(a, b, xs[j], cfg.form, DslMath).to(self.dtype)
+                    v[j] = fs[j].to(self.dtype)
             cute.autovec_copy(v, tXsT[None, i, 0, dst])
         # this thread's generic-proxy stores -> visible to the WGMMA (async proxy)
         cute.arch.fence_view_async_shared()

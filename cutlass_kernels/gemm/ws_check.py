@@ -20,8 +20,11 @@ from ..sass import DIVISION_OPCODES
 
 #: Elements of one k-tile per transform thread (128 x 64 / 128).
 ELEMENTS_PER_THREAD = 64
-#: Issue slots per element for F in the transform loop (issue 15: "at most ~13.5").
-MAX_SLOTS_PER_ELEMENT = 13.5
+#: Issue slots per element in the transform loop's hot path: F itself (issue 15: "at most ~13.5")
+#: plus the large-|x| guard of issue 20 (``rational_math.forward_many``: one FMA per element and
+#: one test + branch per 8-value vector, measured +1.42).  The guarded exact path is excluded
+#: (``sass.rescue_blocks``; it runs only for vectors with huge |x|).
+MAX_SLOTS_PER_ELEMENT = 13.5 + 1.5
 #: Non-HGMMA instructions the consumer loop may hold per k-tile.
 MAX_CONSUMER_OTHER = 96
 #: HGMMA per k-tile: bK / 16.

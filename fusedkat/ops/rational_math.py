@@ -243,6 +243,35 @@ def forward(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps)
     return rescue(ok, [f], lambda: [forward_far(a, b, x, form, ops)], ops)[0]
 
 
+def forward_many(a: Sequence[Any], b: Sequence[Any], xs: Sequence[Any], form: str, ops: MathOps,
+                 warp_uniform: bool = False) -> list:
+    """:func:`forward` of several values of one group at once (a kernel thread's vector).
+
+    Same results as ``[forward(a, b, x, form, ops) for x in xs]``, but the large-|x| test is made
+    once for the whole vector: the direct values are kept if a sum over the vector is
+    finite, and only otherwise does the vector take the exact per-element path.  The test is
+    ``sum(P * Q)`` (one FMA per element): an inf or NaN P or Q makes it inf or NaN (Q >= 1, so no
+    0 * inf hides one); it may also overflow where P and Q are both finite but huge (|x| of order
+    1e4 for O(1) coefficients), which only sends that vector down the exact path -- never a wrong
+    value.  In a kernel that is one FMA per element plus one test and one rarely taken branch per
+    vector, instead of a per-element branch (which ptxas if-converts, issuing the 1/x evaluation
+    for every element).  ``warp_uniform`` (kernels whose 32 lanes all reach this point): the test
+    is voted across the warp (``ops.fallback_warp``), so the branch is uniform and ptxas keeps it a
+    branch instead of predicating the exact path into the hot loop.
+    """
+    ps = [numerator(a, x) for x in xs]
+    qs = [denominator(b, x, form, ops) for x in xs]
+    fs = [p * ops.rcp(q) for p, q in zip(ps, qs)]
+    total = ps[0] * qs[0]
+    for p, q in zip(ps[1:], qs[1:]):
+        total = total + p * q
+    ok = ops.isfinite(total)
+    far = lambda: [forward(a, b, x, form, ops) for x in xs]  # noqa: E731
+    if warp_uniform and getattr(ops, "fallback_warp", None) is not None:
+        return ops.fallback_warp(ok, fs, far)
+    return rescue(ok, fs, far, ops)
+
+
 @dataclass
 class GradTerms:
     """Per-element pieces of F's derivatives at x (see the module docstring).
