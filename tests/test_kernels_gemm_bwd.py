@@ -85,10 +85,11 @@ def test_registered_variants_names_and_expectations():
 
     vs = variants()
     names = {v.name for v in vs}
-    assert len(names) == len(vs) == 16
+    assert len(names) == len(vs) == 20
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
-        mma = "HGMMA" if "_sm90_" in v.name else "HMMA"
+        mma = "HGMMA" if ("_sm90_" in v.name or "_sm90ws_" in v.name) else "HMMA"
+        assert bool(v.role_check) == ("_sm90ws_" in v.name)
         assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
 
