@@ -184,3 +184,30 @@ def test_ws_backward_composition_on_cpu(monkeypatch, weight_dtype, shared):
         tol = 1e-9 if name == "dx" or (name in ("dw", "db") and weight_dtype == torch.float64) else 1e-6
         torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, msg=name)
     assert got[3].dtype == got[4].dtype == weight_dtype
+
+
+_FAKE_DGRAD_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR16], R24 ;
+        /*0020*/                   SYNCS.ARRIVE.TRANS64.ART0 RZ, [UR16+0x20], R6 ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/                   MUFU.RCP R6, R6 ;
+        /*0050*/                   STG.E [R2.64], R6 ;
+        /*0060*/               @P0 BRA 0x10 ;
+        /*0070*/                   STG.E [R4.64], R7 ;
+        /*0080*/               @P1 BRA 0x0 ;
+        /*0090*/                   EXIT ;
+"""
+
+
+def test_role_counts_finds_the_epilogue_around_the_k_loop():
+    """The epilogue role: the smallest loop around the HGMMA k-loop that stores to global memory,
+    minus the k-loop (here the loop 0x10..0x60, not the outer one)."""
+    from cutlass_kernels import sass
+
+    roles = sass.role_counts(_FAKE_DGRAD_SASS)
+    assert dict(roles["consumer"]) == {"HGMMA.64x128x16.F32.BF16": 1, "SYNCS.ARRIVE.TRANS64.ART0": 1, "BRA": 1}
+    assert dict(roles["epilogue"]) == {"MUFU.RCP": 1, "STG.E": 1, "BRA": 1}
+    no_store = _FAKE_DGRAD_SASS.replace("STG.E [R2.64], R6", "FADD R6, R6, R6")
+    assert dict(sass.role_counts(no_store)["epilogue"]) == {"MUFU.RCP": 1, "FADD": 1, "BRA": 2, "STG.E": 1,
+                                                           "MOV": 1}
