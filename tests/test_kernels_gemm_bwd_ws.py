@@ -211,3 +211,17 @@ def test_role_counts_finds_the_epilogue_around_the_k_loop():
     no_store = _FAKE_DGRAD_SASS.replace("STG.E [R2.64], R6", "FADD R6, R6, R6")
     assert dict(sass.role_counts(no_store)["epilogue"]) == {"MUFU.RCP": 1, "FADD": 1, "BRA": 2, "STG.E": 1,
                                                            "MOV": 1}
+
+
+def test_self_check_key_follows_the_backward_knobs(monkeypatch):
+    """Switching FUSEDKAT_BWD_KERNEL (or the fused/unfused choice) in-process makes the first-use
+    self-check of ``rational_linear_backward`` verify the newly selected kernel too."""
+    from cutlass_kernels import launch
+
+    monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "1")
+    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90ws")
+    first = launch._backward_route()
+    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90")
+    second = launch._backward_route()
+    monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
+    assert len({first, second, launch._backward_route()}) == 3
