@@ -37,6 +37,28 @@ def compiled_dgrad(tmp_path_factory):
     return sass.inspect_cubin(cubin), sass.role_counts(sass.sass_text(cubin))
 
 
+def test_ws_pingpong_dgrad_compiles_without_spills_and_passes_its_role_check(tmp_path):
+    """The ping-pong variant (each consumer warpgroup owns alternate 64-row tiles) compiles as
+    cleanly: 0 spills / stack, its role check passes."""
+    pytest.importorskip("cutlass")
+    from cutlass_kernels import dsl, sass
+    from cutlass_kernels.gemm import ws_check
+    from cutlass_kernels.gemm.bwd_compile import compile_variant
+
+    try:
+        sass._cuobjdump()
+    except FileNotFoundError:
+        pytest.skip("no cuobjdump")
+    fields = {**_FIELDS, "form": "B", "ab_dtype": "fp16", "c_dtype": "fp16", "kernel": "sm90wspp"}
+    cubin = tmp_path / "kernel.cubin"
+    cubin.write_bytes(dsl.compiled_cubin(compile_variant("sm_90a", dsl.compile_options("sm_90a", tmp_path / "d"),
+                                                         **fields)))
+    info, roles = sass.inspect_cubin(cubin), sass.role_counts(sass.sass_text(cubin))
+    assert info["spills"] == 0 and info["stack"] == 0, info
+    assert ws_check.dgrad_role_failures(roles, fields) == []
+    assert sum(n for op, n in roles["consumer"].items() if op.startswith("HGMMA.64x128x16")) == 4
+
+
 def test_ws_dgrad_compiles_without_spills_and_passes_its_role_check(compiled_dgrad):
     from cutlass_kernels.gemm import ws_check
 
@@ -113,6 +135,8 @@ def test_bwd_kernel_knob(monkeypatch):
     assert bwd_launch.bwd_kernel(cuda0) == "sm90"
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90ws")
     assert bwd_launch.bwd_kernel(cuda0) == "sm90ws"
+    monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90wspp")
+    assert bwd_launch.bwd_kernel(cuda0) == "sm90wspp"
     monkeypatch.setenv("FUSEDKAT_BWD_SM90", "0")
     assert bwd_launch.bwd_kernel(cuda0) == "sm80"
     monkeypatch.delenv("FUSEDKAT_BWD_SM90")
@@ -123,15 +147,15 @@ def test_bwd_kernel_knob(monkeypatch):
         bwd_launch.bwd_kernel(cuda0)
 
 
-def _slot_partials(x, grad, num, den, form, tiles_m):
-    """The kernel's partials contract: slot ``s`` = rows ``16 s .. 16 s + 15`` (8 per 128-row tile,
-    empty past M), chunk ``c`` = columns ``8 c .. 8 c + 7``; values = the float64 reference's
+def _slot_partials(x, grad, num, den, form, slots):
+    """The kernel's partials contract: ``slots`` slots, slot ``s`` = rows ``16 s .. 16 s + 15``
+    (empty past M), chunk ``c`` = columns ``8 c .. 8 c + 7``; values = the float64 reference's
     coefficient gradients of ``sum(grad * F(x))`` restricted to that block."""
     m1, n = num.shape[1], den.shape[1]
     k, g = x.shape[1], den.shape[0]
-    ws = torch.zeros(tiles_m * 8, k // 8, m1 + n, dtype=torch.float64)
+    ws = torch.zeros(slots, k // 8, m1 + n, dtype=torch.float64)
     fn = lambda nm, dn: reference_rational(x, nm, dn, form)  # noqa: E731
-    for s in range(min(tiles_m * 8, -(-x.shape[0] // 16))):
+    for s in range(min(slots, -(-x.shape[0] // 16))):
         for c in range(k // 8):
             mask = torch.zeros_like(grad)
             mask[16 * s : 16 * s + 16, 8 * c : 8 * c + 8] = 1
@@ -142,9 +166,10 @@ def _slot_partials(x, grad, num, den, form, tiles_m):
     return ws
 
 
+@pytest.mark.parametrize("kernel", ["sm90ws", "sm90wspp"])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64], ids=["fp32-weight", "same-dtype"])
-def test_ws_backward_composition_on_cpu(monkeypatch, weight_dtype, shared):
+def test_ws_backward_composition_on_cpu(monkeypatch, weight_dtype, shared, kernel):
     """``bwd_launch.ws_backward`` on CPU float64 tensors with its kernel launch replaced by the
     kernel's contract (dx = (dY W) F'(x), the 16-row x 8-column partials, F(x) into the first K
     columns of the ``[M, K + 8]`` buffer -- the tail is the host's): the fold, the ones-column GEMM
@@ -161,7 +186,9 @@ def test_ws_backward_composition_on_cpu(monkeypatch, weight_dtype, shared):
         g_in = go @ w
         dx.copy_(torch_impl.group_rational_backward(g_in, x2, num32, den32, form)[0])
         f_aug[:, :k] = torch_impl.group_rational_forward(x2, num32, den32, form)
-        ws.copy_(_slot_partials(x2, g_in, num32, den32, form, ws.shape[0] // 8))
+        tile_m = 64 if fields["kernel"] == "sm90wspp" else 128  # the kernel's M tile: 16-row slots
+        assert ws.shape[0] == -(-x2.shape[0] // tile_m) * (tile_m // 16)
+        ws.copy_(_slot_partials(x2, g_in, num32, den32, form, ws.shape[0]))
 
     monkeypatch.setattr(bwd_launch, "_launch_ws_dgrad", kernel_contract)
     monkeypatch.setitem(bwd_launch._AB, torch.float64, "bf16")  # names the kernel only
@@ -172,12 +199,12 @@ def test_ws_backward_composition_on_cpu(monkeypatch, weight_dtype, shared):
     num = torch.randn(1 if shared else g, 6, generator=gen, dtype=torch.float64)
     den = torch.randn(g, 4, generator=gen, dtype=torch.float64)
     w = torch.randn(n_out, k, generator=gen).to(weight_dtype)
-    got = bwd_launch.ws_backward(go, x, w.double(), num, den, "B", weight_dtype)
+    got = bwd_launch.ws_backward(go, x, w.double(), num, den, "B", weight_dtype, kernel)
     want = torch_impl.rational_linear_backward(go, x, num, den, w.double(), True, "B")
     expected_tail = torch.zeros(rows, 8, dtype=torch.float64)
     expected_tail[:, 0] = 1
     assert torch.equal(seen["tail"], expected_tail)  # (1, 0, ..., 0) written before the launch
-    assert seen["fields"]["kernel"] == "sm90ws" and seen["fields"]["shared_numerator"] == shared
+    assert seen["fields"]["kernel"] == kernel and seen["fields"]["shared_numerator"] == shared
     for name, a, b in zip(("dx", "dnum", "dden", "dw", "db"), got, want):
         assert a.shape == b.shape and a.is_contiguous(), name
         # fp32: the partials (the kernel's contract) and dW / db cast to an fp32 weight's dtype

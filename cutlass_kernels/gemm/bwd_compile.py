@@ -162,7 +162,7 @@ def fake_ws_pointer_arguments(cfg: BwdConfig) -> tuple:
 def kernel_object(cfg: BwdConfig) -> Any:
     """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90" TMA + WGMMA,
     "sm90ws" the persistent warp-specialized dgrad)."""
-    if cfg.kernel == "sm90ws":
+    if cfg.kernel in ("sm90ws", "sm90wspp"):
         from .bwd_sm90ws import RationalDgradSm90Ws
 
         return RationalDgradSm90Ws(cfg)
@@ -176,7 +176,7 @@ def kernel_object(cfg: BwdConfig) -> Any:
 def config_of(mode: str, ab_dtype: str, c_dtype: str, form: str, m: int = 5, n: int = 4,
               shared_numerator: bool = True, kernel: str = "sm80") -> BwdConfig:
     """The :class:`BwdConfig` of a registry / launcher field set (sm90: its one tile and depth)."""
-    if kernel in ("sm90", "sm90ws"):
+    if kernel in ("sm90", "sm90ws", "sm90wspp"):
         return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64), stages=4,
                          kernel=kernel)
     return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
@@ -189,9 +189,9 @@ def compile_variant(arch: str, options: str, **fields: Any) -> Any:
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"the backward GEMMs target {SUPPORTED_ARCHS}, got {arch!r}")
     cfg = config_of(**fields)
-    if cfg.kernel == "sm90ws":
+    if cfg.kernel in ("sm90ws", "sm90wspp"):
         if arch != "sm_90a":
-            raise ValueError(f"the sm90ws dgrad targets sm_90a, got {arch!r}")
+            raise ValueError(f"the {cfg.kernel} dgrad targets sm_90a, got {arch!r}")
         return cute.compile(WsPointerEntry(kernel_object(cfg), cfg), *fake_ws_pointer_arguments(cfg), options=options)
     return cute.compile(PointerEntry(kernel_object(cfg), cfg), *fake_pointer_arguments(cfg), options=options)
 

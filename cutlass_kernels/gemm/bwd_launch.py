@@ -110,9 +110,9 @@ def launch_arguments(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x2: torc
 
 ENV_BWD_KERNEL = "FUSEDKAT_BWD_KERNEL"
 #: ``FUSEDKAT_BWD_KERNEL`` values on sm_90 (unset = the first): the persistent warp-specialized
-#: dgrad + one cuBLAS GEMM ``dY^T [F(x) | 1]`` (:mod:`.bwd_sm90ws`), or the TMA + WGMMA dgrad and
-#: fused wgrad of :mod:`.bwd_sm90`.
-SM90_KERNELS = ("sm90ws", "sm90")
+#: dgrad + one cuBLAS GEMM ``dY^T [F(x) | 1]`` (:mod:`.bwd_sm90ws`; ``sm90wspp``: its ping-ponged
+#: consumers), or the TMA + WGMMA dgrad and fused wgrad of :mod:`.bwd_sm90`.
+SM90_KERNELS = ("sm90ws", "sm90wspp", "sm90")
 
 
 def bwd_kernel(device: torch.device) -> str:
@@ -161,10 +161,11 @@ def _launch_ws_dgrad(go: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, x2: to
 
 
 def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torch.Tensor, den32: torch.Tensor,
-                form: str, weight_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+                form: str, weight_dtype: torch.dtype, kernel: str = "sm90ws") -> tuple[torch.Tensor, ...]:
     """The sm90ws backward: the dgrad kernel (dx, partials, F(x) into ``[F(x) | 1 0 ...]``), the
     deterministic fold, one cuBLAS GEMM for dW and db.  go ``[M, N]``, x2 ``[M, K]``, w ``[N, K]``
-    in one dtype, contiguous and 16-byte aligned; num32 ``(1|g, m+1)`` / den32 ``(g, n)`` fp32.
+    in one dtype, contiguous and 16-byte aligned; num32 ``(1|g, m+1)`` / den32 ``(g, n)`` fp32;
+    ``kernel``: ``sm90ws`` (cooperative consumers) or ``sm90wspp`` (ping-pong).
     Returns ``(dx [M, K], d_num f32, d_den f32, dW, db)`` (dW, db in ``weight_dtype``)."""
     from .bwd_compile import config_of
     from .bwd_sm80 import CHUNK
@@ -173,9 +174,12 @@ def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torc
     g, m = den32.shape[0], num32.shape[1] - 1
     shared = num32.shape[0] == 1
     fields = {"mode": "dgrad", "ab_dtype": _AB[x2.dtype], "c_dtype": _AB[x2.dtype], "form": form, "m": m,
-              "n": den32.shape[1], "shared_numerator": shared, "kernel": "sm90ws"}
+              "n": den32.shape[1], "shared_numerator": shared, "kernel": kernel}
     cfg = config_of(**fields)
-    s_rows = -(-rows // cfg.tile[0]) * cfg.ws_rows_per_tile
+    # one partial slot per 16 rows of the kernel's M tile (ping-pong: 64-row tiles); every slot
+    # of every tile is written (rows past M add zeros), so no zero-fill
+    tile_m = 64 if kernel == "sm90wspp" else cfg.tile[0]
+    s_rows = -(-rows // tile_m) * (tile_m // 16)
     ws = torch.empty((s_rows, k // CHUNK, cfg.num_params), dtype=torch.float32, device=x2.device)
     dx = torch.empty_like(x2)
     f_aug = torch.empty((rows, k + CHUNK), dtype=x2.dtype, device=x2.device)
@@ -238,8 +242,8 @@ def rational_linear_backward(
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
     family = bwd_kernel(x.device)
-    if family == "sm90ws":
-        dx, d_num, d_den, dw, db = ws_backward(go, x2, w, num32, den32, form, weight.dtype)
+    if family.startswith("sm90ws"):
+        dx, d_num, d_den, dw, db = ws_backward(go, x2, w, num32, den32, form, weight.dtype, family)
         return (dx.reshape(x.shape), d_num.to(numerator.dtype), d_den.to(denominator.dtype), dw, db)
     # 1. dgrad + coefficient partials
     common = {"form": form, "m": m, "n": n, "shared_numerator": shared, "kernel": family}

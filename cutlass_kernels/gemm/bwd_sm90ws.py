@@ -54,11 +54,16 @@ class RationalDgradSm90Ws:
     K+8), mWs [S, K/8, m+1+n] f32, mNum (1|g, m+1) f32, mDen (g, n) f32, group_size, ctas, stream)``."""
 
     def __init__(self, cfg: BwdConfig):
-        if cfg.kernel != "sm90ws" or cfg.mode != "dgrad":
-            raise ValueError("RationalDgradSm90Ws takes a dgrad BwdConfig with kernel='sm90ws'")
+        if cfg.kernel not in ("sm90ws", "sm90wspp") or cfg.mode != "dgrad":
+            raise ValueError("RationalDgradSm90Ws takes a dgrad BwdConfig with kernel='sm90ws' or 'sm90wspp'")
         self.cfg = cfg
         self.dtype = dsl_dtype(cfg.ab_dtype)
-        self.bM, self.bN, self.bK = cfg.tile
+        _, self.bN, self.bK = cfg.tile
+        # ping-pong: each consumer warpgroup owns whole 64-row tiles (alternate tiles of the CTA)
+        self.pingpong = cfg.kernel == "sm90wspp"
+        self.bM = 64 if self.pingpong else 128
+        self.cons_threads = 128 if self.pingpong else CONSUMER_THREADS
+        self.warps_m = self.bM // 16
 
     @cute.jit
     def __call__(self, mA: cute.Tensor, mB: cute.Tensor, mC: cute.Tensor, mX: cute.Tensor, mF: cute.Tensor,
@@ -69,7 +74,7 @@ class RationalDgradSm90Ws:
         b_layout = tensor_utils.LayoutEnum.from_tensor(mB)
         tiled_mma = sm90_utils.make_trivial_tiled_mma(
             self.dtype, self.dtype, a_layout.sm90_mma_major_mode(), b_layout.sm90_mma_major_mode(),
-            cutlass.Float32, (2, 1, 1), tiler_mn=(64, self.bN))
+            cutlass.Float32, (self.bM // 64, 1, 1), tiler_mn=(64, self.bN))
         tile = (self.bM, self.bN, self.bK)
         sA_staged = sm90_utils.make_smem_layout_a(a_layout, tile, self.dtype, cfg.stages)
         sB_staged = sm90_utils.make_smem_layout_b(b_layout, tile, self.dtype, cfg.stages)
@@ -104,7 +109,7 @@ class RationalDgradSm90Ws:
         st = smem.allocate(Storage)
         sA = st.a.get_tensor(sA_staged.outer, swizzle=sA_staged.inner)
         sB = st.b.get_tensor(sB_staged.outer, swizzle=sB_staged.inner)
-        pipe = create_tma_pipeline(st.barriers.data_ptr(), stages, CONSUMER_THREADS, self.dtype,
+        pipe = create_tma_pipeline(st.barriers.data_ptr(), stages, self.cons_threads, self.dtype,
                                    sA_staged, sB_staged)
         cute.arch.sync_threads()  # barrier init visible to all roles
 
@@ -137,25 +142,32 @@ class RationalDgradSm90Ws:
                 pipe.producer_tail(prod)
         else:
             cute.arch.setmaxregister_increase(REGS[1])
-            self._consumer_role(tidx - 128, pipe, sA, sB, mC, mX, mF, mWs, mNum, mDen, group_size, tiled_mma,
+            ctid = tidx - 128
+            first = cutlass.Int32(0)
+            step = 1
+            if cutlass.const_expr(self.pingpong):
+                first = ctid // 128  # warpgroup 2 starts one tile later
+                ctid = ctid % 128
+                step = 2
+            self._consumer_role(ctid, first, step, pipe, sA, sB, mC, mX, mF, mWs, mNum, mDen, group_size, tiled_mma,
                                 t_begin, t_end, m_first, n_first, tiles_n, k_tiles)
 
     @cute.jit
-    def _consumer_role(self, ctid: cutlass.Int32, pipe, sA: cute.Tensor, sB: cute.Tensor, mC: cute.Tensor,
+    def _consumer_role(self, ctid: cutlass.Int32, first: cutlass.Int32, step: cutlass.Constexpr, pipe, sA: cute.Tensor, sB: cute.Tensor, mC: cute.Tensor,
                        mX: cute.Tensor, mF: cute.Tensor, mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
                        group_size: cutlass.Int32, tiled_mma: cute.TiledMma, t_begin: cutlass.Int32,
                        t_end: cutlass.Int32, m_first: cutlass.Int32, n_first: cutlass.Int32,
                        tiles_n: cutlass.Int32, k_tiles: cutlass.Int32):
         cfg = self.cfg
         tiler = (self.bM, self.bN, self.bK)
-        warps_m = cfg.ws_rows_per_tile
+        warps_m = self.warps_m
         thr_mma = tiled_mma.get_slice(ctid)
         tCrA = tiled_mma.make_fragment_A(thr_mma.partition_A(sA))  # smem descriptors, per stage
         tCrB = tiled_mma.make_fragment_B(thr_mma.partition_B(sB))
         num_kb = cute.size(tCrA, mode=[2])
         gC0 = cute.local_tile(mC, tiler=tiler, coord=(0, 0, None), proj=(1, 1, None))
         acc = cute.make_rmem_tensor(thr_mma.partition_C(gC0).shape, cutlass.Float32)
-        groups = chunk_groups(tiled_mma, self.bM, self.bN, CONSUMER_THREADS, warps_m)  # trace time
+        groups = chunk_groups(tiled_mma, self.bM, self.bN, self.cons_threads, warps_m)  # trace time
         cons = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
         rel = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, cfg.stages)
         lane = ctid % 32
@@ -173,13 +185,21 @@ class RationalDgradSm90Ws:
             r -= group_size
         g_b = cutlass.Int32(0)
         off_b = cutlass.Int32(0)
-        for _ in cutlass.range(n_first, unroll=1):
+        m_t, n_t = m_first, n_first
+        if first > 0:  # ping-pong, second warpgroup: its first tile is the CTA's second
+            n_t += 1
+            if n_t == tiles_n:
+                n_t = 0
+                m_t += 1
+            for _ in cutlass.range(k_tiles, unroll=1):  # the stages of the other warpgroup's tile
+                cons.advance()
+                rel.advance()
+        for _ in cutlass.range(n_t, unroll=1):
             off_b += r
             wrap = off_b >= group_size
             g_b += q + cutlass.select_(wrap, 1, 0)
             off_b -= cutlass.select_(wrap, group_size, 0)
-        m_t, n_t = m_first, n_first
-        for _ in cutlass.range(t_begin, t_end, unroll=1):
+        for _ in cutlass.range(t_begin + first, t_end, step, unroll=1):
             g_chunk = [g_b]
             off = off_b
             g = g_b
@@ -208,16 +228,21 @@ class RationalDgradSm90Ws:
             rel.advance()
             self._epilogue(acc, thr_mma, mC, mX, mF, mWs, mNum, mDen, group_size, m_t, n_t,
                            m_t * warps_m + warp % warps_m, lane, groups, chunk_group)
-            n_t += 1
-            off_b += r
-            wrap_b = off_b >= group_size
-            g_b += q + cutlass.select_(wrap_b, 1, 0)
-            off_b -= cutlass.select_(wrap_b, group_size, 0)
-            if n_t == tiles_n:
-                n_t = 0
-                m_t += 1
-                g_b = cutlass.Int32(0)
-                off_b = cutlass.Int32(0)
+            for _s in cutlass.range_constexpr(step):  # next tile of this warpgroup
+                n_t += 1
+                off_b += r
+                wrap_b = off_b >= group_size
+                g_b += q + cutlass.select_(wrap_b, 1, 0)
+                off_b -= cutlass.select_(wrap_b, group_size, 0)
+                if n_t == tiles_n:
+                    n_t = 0
+                    m_t += 1
+                    g_b = cutlass.Int32(0)
+                    off_b = cutlass.Int32(0)
+            if cutlass.const_expr(self.pingpong):
+                for _ in cutlass.range(k_tiles, unroll=1):  # skip the other warpgroup's tile
+                    cons.advance()
+                    rel.advance()
 
     def _chunk_offsets(self, tiled_mma, groups) -> list:
         """Trace time: the 8-column chunk (within the tile) of each entry of ``groups``; the same
@@ -225,7 +250,7 @@ class RationalDgradSm90Ws:
         ident = cute.make_identity_tensor((self.bM, self.bN))
         ref = tiled_mma.get_slice(0).partition_C(ident)
         out = [int(ref[idx[0]][1]) // 8 for idx in groups]
-        for w in range(CONSUMER_THREADS // 32):
+        for w in range(self.cons_threads // 32):
             part = tiled_mma.get_slice(32 * w + 31).partition_C(ident)
             if [int(part[idx[0]][1]) // 8 for idx in groups] != out:
                 raise AssertionError(f"accumulator layout: warp {w} holds other chunks than warp 0")

@@ -59,11 +59,13 @@ def variants() -> list[Variant]:
                     arches=("sm_90a",), expect_sass=expect, sources=SOURCES))
     # Hopper, issue 16: the persistent warp-specialized dgrad whose epilogue also writes F(x)
     # (bwd_sm90ws); dW and db come from one cuBLAS GEMM.  Per-role SASS check: ws_check.
-    for ab in ("bf16", "fp16"):
-        for form in rm.FORMS:
-            out.append(make_variant(
-                f"rational_gemm_dgrad_sm90ws_{ab}_{ab}_{form}", _TARGET,
-                {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, "form": form, "kernel": "sm90ws"},
-                arches=("sm_90a",), expect_sass={"HGMMA": 4, "MUFU.RCP": 64, "SHFL.BFLY": 1}, sources=SOURCES,
-                role_check="cutlass_kernels.gemm.ws_check:dgrad_role_failures"))
+    # ``sm90wspp``: the same with ping-ponged consumer warpgroups (FUSEDKAT_BWD_KERNEL=sm90wspp).
+    for kernel in ("sm90ws", "sm90wspp"):
+        for ab in ("bf16", "fp16"):
+            for form in rm.FORMS:
+                out.append(make_variant(
+                    f"rational_gemm_dgrad_{kernel}_{ab}_{ab}_{form}", _TARGET,
+                    {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, "form": form, "kernel": kernel},
+                    arches=("sm_90a",), expect_sass={"HGMMA": 4, "MUFU.RCP": 64, "SHFL.BFLY": 1}, sources=SOURCES,
+                    role_check="cutlass_kernels.gemm.ws_check:dgrad_role_failures"))
     return out
