@@ -12,6 +12,7 @@ Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128 * 197 tokens; K -> N = D 
 * ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward`: on sm_90 issue 16's
   persistent warp-specialized dgrad (epilogue: dx, partials, ``[F(x) | 1]``) + one cuBLAS GEMM for
   dW and db; elsewhere the mma.sync dgrad + wgrad (F'(x) epilogue, F prologue).
+* ``fused_sm90wspp`` — sm_90 only: the same with ping-ponged consumers (``FUSEDKAT_BWD_KERNEL=sm90wspp``).
 * ``fused_sm90`` — sm_90 only: the old TMA + WGMMA dgrad + fused wgrad (``FUSEDKAT_BWD_KERNEL=sm90``).
 
 ``extra_info`` holds the shape and the ratio inputs; with ``--benchmark-disable`` each function runs
@@ -32,7 +33,7 @@ from bench._harness import bench_size, measure
 
 pytestmark = pytest.mark.gpu
 
-IMPLS = ("cublas_linear_bwd", "unfused", "fused", "fused_sm90")
+IMPLS = ("cublas_linear_bwd", "unfused", "fused", "fused_sm90wspp", "fused_sm90")
 
 
 def _inputs(k: int, n_out: int):
@@ -64,10 +65,10 @@ def test_gemm_bwd(benchmark, impl, model, k, n_out, monkeypatch):
         def fn():
             return launch.rational_linear_backward(go, x, num, den, w, True, "A")
     else:
-        if impl == "fused_sm90":
+        if impl in ("fused_sm90", "fused_sm90wspp"):
             if torch.cuda.get_device_capability(device)[0] != 9:
-                pytest.skip("the old TMA + WGMMA backward pair runs on sm_90 only")
-            monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90")
+                pytest.skip(f"{impl} runs on sm_90 only")
+            monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", impl[len("fused_"):])
 
         def fn():
             return bwd_launch.rational_linear_backward(go, x, num, den, w, True, "A")

@@ -57,6 +57,9 @@ WS_NAME = WS_PREFIX + "bf16_A"
 #: Issue 16's built dgrad: its epilogue role (``sass.role_counts``) replaces the design's estimate.
 WS_DGRAD_PREFIX = "rational_gemm_dgrad_sm90ws_"
 WS_DGRAD_NAME = WS_DGRAD_PREFIX + "bf16_bf16_A"
+#: Its ping-pong twin (``FUSEDKAT_BWD_KERNEL=sm90wspp``).
+WS_DGRAD_PP_PREFIX = "rational_gemm_dgrad_sm90wspp_"
+WS_DGRAD_PP_NAME = WS_DGRAD_PP_PREFIX + "bf16_bf16_A"
 #: Accumulator values per consumer thread and tile of that dgrad (64 x 128 per 128 threads).
 WS_DGRAD_VALUES = 64
 
@@ -111,6 +114,7 @@ class SassInputs:
     ws_slots: Optional[float]  # a registered sm90ws variant's transform slots per element
     source: str
     ws_dgrad_epi: Optional[float] = None  # the built sm90ws dgrad's epilogue slots per value of G
+    ws_dgrad_pp_epi: Optional[float] = None  # the same of its ping-pong twin (sm90wspp)
 
     def serial(self, part: str, spec: GpuSpec, tile: tuple[int, int, int], scale: float = 1.0) -> km.SerialKernel:
         loop, prod, per_tile = (getattr(self, f"{part}_{x}") for x in ("loop", "producer", "tile"))
@@ -124,7 +128,8 @@ DEFAULT_SLOTS = SassInputs(
     dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(43, 0, 8, 0), dgrad_tile=Slots(5551, 3759, 1562, 576),
     wgrad_loop=Slots(512, 320, 194, 256), wgrad_producer=Slots(59, 0, 16, 0), wgrad_tile=Slots(371, 66, 188, 8),
     f_body=385 / 32, fwd_epilogue=890 / 128, ew_fwd=492 / 32, ew_bwd=814 / 16, ew_bwdf=829 / 16, ws_slots=None,
-    source="stored SASS counts (DEFAULT_SLOTS)", ws_dgrad_epi=5732 / 64)
+    source="stored SASS counts (DEFAULT_SLOTS)", ws_dgrad_epi=5732 / 64,
+    ws_dgrad_pp_epi=5654 / 64)
 #: The elementwise variants profiled (the launcher's pick for bf16, K/g a multiple of 8).
 EW_VARIANTS = ("group_rational_fwd_bf16_A_v8", "group_rational_bwd_bf16_A_v8", "group_rational_bwdf_bf16_A_v8")
 
@@ -170,19 +175,21 @@ def sass_inputs(cache_dir: Optional[str] = None) -> SassInputs:
             ws = _ws_slots_from_sass(variant_sass(WS_NAME, "sm_90a", cache_dir))
         except RuntimeError as e:  # a registered but not (yet) building variant: the design stands in
             source += f"; {WS_NAME} did not build ({str(e)[:120]}), its design is used"
-    dgrad_epi = None
-    if WS_DGRAD_NAME in find_variants(WS_DGRAD_PREFIX):
-        try:
-            dgrad_epi = _ws_dgrad_epilogue_from_sass(variant_sass(WS_DGRAD_NAME, "sm_90a", cache_dir))
-        except RuntimeError as e:
-            source += f"; {WS_DGRAD_NAME} did not build ({str(e)[:120]}), its design is used"
+    dgrad_epi: dict[str, Optional[float]] = {}
+    for prefix, name in ((WS_DGRAD_PREFIX, WS_DGRAD_NAME), (WS_DGRAD_PP_PREFIX, WS_DGRAD_PP_NAME)):
+        dgrad_epi[name] = None
+        if name in find_variants(prefix):
+            try:
+                dgrad_epi[name] = _ws_dgrad_epilogue_from_sass(variant_sass(name, "sm_90a", cache_dir))
+            except RuntimeError as e:
+                source += f"; {name} did not build ({str(e)[:120]}), its design is used"
     return SassInputs(
         Slots.of(f.loop), Slots.of(f.producer), Slots.of(f.prologue + f.epilogue),
         Slots.of(d.loop), Slots.of(d.producer), Slots.of(d.prologue + d.epilogue),
         Slots.of(w.loop), Slots.of(w.producer), Slots.of(w.prologue + w.epilogue),
         f_body=sum(transform_slots(f.loop).values()) / 32, fwd_epilogue=sum(f.epilogue.values()) / 128,
         ew_fwd=ew_slots[0], ew_bwd=ew_slots[1], ew_bwdf=ew_slots[2], ws_slots=ws, source=source,
-        ws_dgrad_epi=dgrad_epi)
+        ws_dgrad_epi=dgrad_epi[WS_DGRAD_NAME], ws_dgrad_pp_epi=dgrad_epi[WS_DGRAD_PP_NAME])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@
 #                   sm90, the _fid / _nomma diagnostics, GPU time by CUDA events, SM clocks logged);
 #                   bwdws (issue 16, ~6 min: tests/gpu/test_gemm_bwd.py -- sm90ws by default, the old
 #                   sm90 pair by FUSEDKAT_BWD_KERNEL=sm90 -- then bench_gemm_bwd's backward cases:
-#                   cuBLAS linear backward, unfused, sm90ws, old sm90);
+#                   cuBLAS linear backward, unfused, sm90ws, sm90wspp, old sm90);
 #                   then bench.gpu_results folds everything into the results JSON.
 #
 # Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
@@ -202,7 +202,7 @@ json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudag
             -p no:cacheprovider -o addopts="" "${tmo[@]}" --junitxml "$res/junit_test_gemm_bwd_ws.xml" \
             > "$res/gpu_tests_bwdws.txt" 2>&1) || rc_tests=$?
         tail -4 "$res/gpu_tests_bwdws.txt" >&2; out_copy "$res/gpu_tests_bwdws.txt"
-        log "issue 16: backward benchmarks (linear, unfused, sm90ws, old sm90; no layer steps)"
+        log "issue 16: backward benchmarks (linear, unfused, sm90ws, sm90wspp, old sm90; no layer steps)"
         (cd "$REPO" && FUSEDKAT_BENCH_SIZE="${FUSEDKAT_BENCH_SIZE:-paper}" timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" \
             "$PY" -m pytest bench/bench_gemm_bwd.py -q -rfE -p no:cacheprovider -o addopts="" \
             -k "test_gemm_bwd and not atomics" --benchmark-json "$res/bench_gemm_bwd_ws.json" \

@@ -159,7 +159,7 @@ def test_sm90_kernels_match_reference_and_sm80(form, monkeypatch):
     go, x, num, den, w = args
     fn = lambda x_, n_, d_, w_, b_: reference_rational_linear(x_, n_, d_, w_, b_, form)  # noqa: E731
     ref = reference_grads(fn, go, x, num, den, w.to(torch.bfloat16), torch.zeros(w.shape[0], device="cuda"))
-    for kernel in ("sm90", "sm90ws"):  # the old dgrad + fused wgrad, and issue 16's dgrad + cuBLAS
+    for kernel in ("sm90", "sm90ws", "sm90wspp"):  # the old dgrad + fused wgrad; issue 16's dgrad + cuBLAS
         monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", kernel)
         hopper = bwd_launch.rational_linear_backward(*args, True, form)
         for name, h, a, r in zip(("dx", "dnum", "dden", "dw", "db"), hopper, ampere, ref):
@@ -168,14 +168,16 @@ def test_sm90_kernels_match_reference_and_sm80(form, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.get_device_capability()[0] != 9, reason="the sm90ws dgrad runs on sm_90 only")
+@pytest.mark.parametrize("kernel", ["sm90ws", "sm90wspp"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(25216, 192, 768, 8, True), (25216, 768, 192, 8, True), (77, 200, 64, 5, False),
                                    (3000, 1536, 384, 1, False)])
-def test_sm90ws_backward_matches_float64_reference_and_is_deterministic(shape, dtype, monkeypatch):
+def test_sm90ws_backward_matches_float64_reference_and_is_deterministic(shape, dtype, kernel, monkeypatch):
     """Issue 16's backward (persistent dgrad writing dx, partials and [F(x) | 1]; cuBLAS dW/db) at a
     KAT-T shape pair and ragged ones (M, K not multiples of 128; fewer tiles than SMs; K/g = 40):
-    every gradient against the float64 reference, and bitwise the same on a second call."""
-    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90ws")
+    every gradient against the float64 reference, and bitwise the same on a second call; both the
+    cooperative kernel and its ping-pong twin."""
+    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", kernel)
     for form in ("A", "B"):
         go, x, num, den, w = _inputs(*shape, dtype, form, seed=23)
         got = bwd_launch.rational_linear_backward(go, x, num, den, w, True, form)
