@@ -125,7 +125,7 @@ def test_build_check_fails_a_real_kernel_that_misses_its_role_budget(monkeypatch
     assert row["ok"], row["errors"]
     assert row["spills"] == 0 and row["registers"] == 128  # the launch cap of 512 threads
     roles = row["roles"]
-    assert set(roles) == {"producer", "transform", "consumer"}
+    assert set(roles) == {"producer", "transform", "consumer", "epilogue"}  # epilogue: issue 16
     slots = ws_check.slots_per_element(roles)
     assert 12.5 <= slots <= ws_check.MAX_SLOTS_PER_ELEMENT
     assert sass.base_counts(roles["consumer"])["HGMMA"] == 4
