@@ -11,6 +11,9 @@ Cheap to import (no DSL).  Input: the per-role loop counts of :func:`cutlass_ker
   per element for F (each of the 128 transform threads handles 64 elements per k-tile);
 * producer: the two TMA loads (x and W) per k-tile; the resident-panel variant loads x and W in
   loops of their own, one UTMALDG each.
+
+:func:`dgrad_role_failures` checks the sm90ws / sm90wspp dgrad of issue 16 (producer, consumer and
+the ``epilogue`` role: no division, one MUFU.RCP per accumulator value, a slot budget).
 """
 from __future__ import annotations
 
