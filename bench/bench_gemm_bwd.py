@@ -9,8 +9,11 @@ Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128 * 197 tokens; K -> N = D 
 * ``unfused`` — ``cutlass_kernels.launch.rational_linear_backward`` with ``FUSEDKAT_FUSED_BWD=0``:
   cuBLAS ``G = dY W``, the elementwise backward writing dx, the coefficient partials and
   ``[F(x) | 1]``, then one cuBLAS GEMM for dW and db together.
-* ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward` (dgrad with the
-  F'(x) epilogue + deterministic partials, wgrad with the F prologue).
+* ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward`: on sm_90 issue 16's
+  persistent warp-specialized dgrad (epilogue: dx, partials, ``[F(x) | 1]``) + one cuBLAS GEMM for
+  dW and db; elsewhere the mma.sync dgrad + wgrad (F'(x) epilogue, F prologue).
+* ``fused_sm90wspp`` — sm_90 only: the same with ping-ponged consumers (``FUSEDKAT_BWD_KERNEL=sm90wspp``).
+* ``fused_sm90`` — sm_90 only: the old TMA + WGMMA dgrad + fused wgrad (``FUSEDKAT_BWD_KERNEL=sm90``).
 
 ``extra_info`` holds the shape and the ratio inputs; with ``--benchmark-disable`` each function runs
 once and the fused result is checked against the unfused one (so this file is also a GPU test).
@@ -30,7 +33,7 @@ from bench._harness import bench_size, measure
 
 pytestmark = pytest.mark.gpu
 
-IMPLS = ("cublas_linear_bwd", "unfused", "fused")
+IMPLS = ("cublas_linear_bwd", "unfused", "fused", "fused_sm90wspp", "fused_sm90")
 
 
 def _inputs(k: int, n_out: int):
@@ -62,13 +65,18 @@ def test_gemm_bwd(benchmark, impl, model, k, n_out, monkeypatch):
         def fn():
             return launch.rational_linear_backward(go, x, num, den, w, True, "A")
     else:
+        if impl in ("fused_sm90", "fused_sm90wspp"):
+            if torch.cuda.get_device_capability(device)[0] != 9:
+                pytest.skip(f"{impl} runs on sm_90 only")
+            monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", impl[len("fused_"):])
+
         def fn():
             return bwd_launch.rational_linear_backward(go, x, num, den, w, True, "A")
 
     out = measure(benchmark, fn, group=f"gemm_bwd_{model}_{k}x{n_out}", impl=impl, device=device,
                   model=f"KAT-{model}", rows=x.shape[0], k=k, n=n_out, groups=GROUPS,
                   flops=2 * 2 * x.shape[0] * k * n_out)
-    if impl == "fused" and benchmark.disabled:
+    if impl.startswith("fused") and benchmark.disabled:
         monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
         ref = launch.rational_linear_backward(go, x, num, den, w, True, "A")
         for a, b in zip(out, ref):

@@ -28,7 +28,10 @@ F(x) into a smem ring, two SS-WGMMA consumers, persistent, N-rasterised, bN = 19
 identity, ``nomma``: no MMA) from the design -- F's issue slots taken from the old kernel's SASS --
 or from the SASS of a registered ``rational_gemm_fwd_sm90ws_bf16_A`` when one exists (through
 ``cutlass_kernels.sass.role_counts``); issue 16's backward (warp-specialized dgrad whose epilogue
-writes dx, the partials and ``[F(x) | 1]``, one cuBLAS wgrad, the fold).
+writes dx, the partials and ``[F(x) | 1]``, one cuBLAS wgrad, the fold): from its design, and from
+the SASS of the built ``rational_gemm_dgrad_sm90ws_bf16_bf16_A`` (its ``epilogue`` role, slots per
+value of G; cooperative consumers, so no epilogue/MMA overlap) -- the final line's "worst predicted
+backward" is the built kernel's.
 """
 from __future__ import annotations
 
@@ -51,6 +54,14 @@ OLD_DGRAD = "rational_gemm_dgrad_sm90_bf16_bf16_A"
 OLD_WGRAD = "rational_gemm_wgrad_sm90_bf16_fp32_A"
 WS_PREFIX = "rational_gemm_fwd_sm90ws_"
 WS_NAME = WS_PREFIX + "bf16_A"
+#: Issue 16's built dgrad: its epilogue role (``sass.role_counts``) replaces the design's estimate.
+WS_DGRAD_PREFIX = "rational_gemm_dgrad_sm90ws_"
+WS_DGRAD_NAME = WS_DGRAD_PREFIX + "bf16_bf16_A"
+#: Its ping-pong twin (``FUSEDKAT_BWD_KERNEL=sm90wspp``).
+WS_DGRAD_PP_PREFIX = "rational_gemm_dgrad_sm90wspp_"
+WS_DGRAD_PP_NAME = WS_DGRAD_PP_PREFIX + "bf16_bf16_A"
+#: Accumulator values per consumer thread and tile of that dgrad (64 x 128 per 128 threads).
+WS_DGRAD_VALUES = 64
 
 KAT_M = 128 * 197
 KAT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -102,6 +113,8 @@ class SassInputs:
     ew_bwdf: float  # backward that also writes [F(x) | 1]
     ws_slots: Optional[float]  # a registered sm90ws variant's transform slots per element
     source: str
+    ws_dgrad_epi: Optional[float] = None  # the built sm90ws dgrad's epilogue slots per value of G
+    ws_dgrad_pp_epi: Optional[float] = None  # the same of its ping-pong twin (sm90wspp)
 
     def serial(self, part: str, spec: GpuSpec, tile: tuple[int, int, int], scale: float = 1.0) -> km.SerialKernel:
         loop, prod, per_tile = (getattr(self, f"{part}_{x}") for x in ("loop", "producer", "tile"))
@@ -116,7 +129,8 @@ MEASURED_SLOTS = SassInputs(
     dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(43, 0, 8, 0), dgrad_tile=Slots(5551, 3759, 1562, 576),
     wgrad_loop=Slots(512, 320, 194, 256), wgrad_producer=Slots(59, 0, 16, 0), wgrad_tile=Slots(371, 66, 188, 8),
     f_body=385 / 32, fwd_epilogue=890 / 128, ew_fwd=492 / 32, ew_bwd=814 / 16, ew_bwdf=829 / 16, ws_slots=None,
-    source="SASS of the kernels measured on the H100 (MEASURED_SLOTS)")
+    source="SASS of the kernels measured on the H100 (MEASURED_SLOTS)",
+    ws_dgrad_epi=5732 / 64, ws_dgrad_pp_epi=5654 / 64)  # (not measured; kernels of issue 16)
 #: Today's kernels' sm_90a SASS; ``tests/test_costmodel.py`` recompiles them and fails if these
 #: drift by more than 2%.  Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
 DEFAULT_SLOTS = SassInputs(
@@ -124,7 +138,8 @@ DEFAULT_SLOTS = SassInputs(
     dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(43, 0, 8, 0), dgrad_tile=Slots(8175, 6178, 1486, 1544),
     wgrad_loop=Slots(992, 736, 194, 768), wgrad_producer=Slots(59, 0, 16, 0), wgrad_tile=Slots(370, 66, 188, 8),
     f_body=27.0312, fwd_epilogue=6.95312, ew_fwd=32.125, ew_bwd=84.75, ew_bwdf=88.0625,
-    ws_slots=14.875, source="stored SASS counts of today's kernels (DEFAULT_SLOTS)")
+    ws_slots=14.875, source="stored SASS counts of today's kernels (DEFAULT_SLOTS)",
+    ws_dgrad_epi=5732 / 64, ws_dgrad_pp_epi=5654 / 64)
 #: The elementwise variants profiled (the launcher's pick for bf16, K/g a multiple of 8).
 EW_VARIANTS = ("group_rational_fwd_bf16_A_v8", "group_rational_bwd_bf16_A_v8", "group_rational_bwdf_bf16_A_v8")
 
@@ -147,6 +162,15 @@ def _ws_slots_from_sass(text: str) -> Optional[float]:
     return sum(base.values()) / base["MUFU"] if base.get("MUFU") else None
 
 
+def _ws_dgrad_epilogue_from_sass(text: str) -> Optional[float]:
+    """Epilogue issue slots per accumulator value of the sm90ws dgrad (its ``epilogue`` role: the
+    tile loop minus the k-loop), None when the SASS has no such role."""
+    from . import sass
+
+    counts = sass.role_counts(text).get("epilogue")
+    return sum(counts.values()) / WS_DGRAD_VALUES if counts else None
+
+
 def sass_inputs(cache_dir: Optional[str] = None) -> SassInputs:
     """Compile (or take from the build cache) the old kernels and profile them; look for sm90ws."""
     from .costmodel_sass import elementwise_slots, find_variants, profile, transform_slots, variant_sass
@@ -160,12 +184,21 @@ def sass_inputs(cache_dir: Optional[str] = None) -> SassInputs:
             ws = _ws_slots_from_sass(variant_sass(WS_NAME, "sm_90a", cache_dir))
         except RuntimeError as e:  # a registered but not (yet) building variant: the design stands in
             source += f"; {WS_NAME} did not build ({str(e)[:120]}), its design is used"
+    dgrad_epi: dict[str, Optional[float]] = {}
+    for prefix, name in ((WS_DGRAD_PREFIX, WS_DGRAD_NAME), (WS_DGRAD_PP_PREFIX, WS_DGRAD_PP_NAME)):
+        dgrad_epi[name] = None
+        if name in find_variants(prefix):
+            try:
+                dgrad_epi[name] = _ws_dgrad_epilogue_from_sass(variant_sass(name, "sm_90a", cache_dir))
+            except RuntimeError as e:
+                source += f"; {name} did not build ({str(e)[:120]}), its design is used"
     return SassInputs(
         Slots.of(f.loop), Slots.of(f.producer), Slots.of(f.prologue + f.epilogue),
         Slots.of(d.loop), Slots.of(d.producer), Slots.of(d.prologue + d.epilogue),
         Slots.of(w.loop), Slots.of(w.producer), Slots.of(w.prologue + w.epilogue),
         f_body=sum(transform_slots(f.loop).values()) / 32, fwd_epilogue=sum(f.epilogue.values()) / 128,
-        ew_fwd=ew_slots[0], ew_bwd=ew_slots[1], ew_bwdf=ew_slots[2], ws_slots=ws, source=source)
+        ew_fwd=ew_slots[0], ew_bwd=ew_slots[1], ew_bwdf=ew_slots[2], ws_slots=ws, source=source,
+        ws_dgrad_epi=dgrad_epi[WS_DGRAD_NAME], ws_dgrad_pp_epi=dgrad_epi[WS_DGRAD_PP_NAME])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,13 +292,17 @@ def fused_fwd_us(spec: GpuSpec, f: km.Fit, inp: SassInputs, shape: tuple[int, in
 
 
 def fused_bwd_us(spec: GpuSpec, f: km.Fit, inp: SassInputs, shape: tuple[int, int, int], design: str = "new") -> float:
-    """The fused backward: ``"new"`` on sm_90 = issue 16's design (old dgrad epilogue counts);
-    ``"old"``, and every arch below sm_90, the fused dgrad + wgrad kernels in the tree."""
+    """The fused backward: ``"new"`` on sm_90 = issue 16's kernel as built (its SASS epilogue
+    slots, cooperative consumers: no epilogue/MMA overlap) when ``inp`` has them, else its design
+    (old dgrad epilogue counts, ping-pong); ``"old"``, and every arch below sm_90, the fused dgrad +
+    wgrad kernels in the tree."""
     if design not in ("new", "old"):
         raise ValueError(f"design must be 'new' or 'old', got {design!r}")
     if spec.arch != "sm_90a" or design == "old":
         _, dgrad, wgrad = old_kernels(inp, spec)
         return km.old_bwd_us(spec, f, dgrad, wgrad, shape)
+    if inp.ws_dgrad_epi is not None:
+        return km.new_bwd_us(spec, f, inp.ws_dgrad_epi, shape, pingpong=False)
     return km.new_bwd_us(spec, f, dgrad_epilogue_slots(inp), shape)
 
 

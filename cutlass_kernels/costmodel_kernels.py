@@ -172,15 +172,18 @@ def l2_gbytes(m: int, n: int, k: int, bm: int, bn: int) -> float:
     return _cdiv(m, bm) * _cdiv(n, bn) * (bm + bn) * k * 2 / 1e9
 
 
-def ws_dgrad_us(spec: GpuSpec, fit: Fit, epilogue_slots: float, shape: tuple[int, int, int]) -> float:
-    """Issue 16's persistent ping-pong dgrad ``G = dY W``; the epilogue writes dx, the partials and
-    ``[F(x) | 1]`` (``epilogue_slots`` per element of G), overlapped with the other consumer's MMA."""
+def ws_dgrad_us(spec: GpuSpec, fit: Fit, epilogue_slots: float, shape: tuple[int, int, int],
+                pingpong: bool = True) -> float:
+    """Issue 16's persistent dgrad ``G = dY W``; the epilogue writes dx, the partials and
+    ``[F(x) | 1]`` (``epilogue_slots`` per element of G), overlapped with the other consumer's MMA
+    (``pingpong``, by :data:`PHI_WS`) or, for the cooperative kernel in the tree
+    (:mod:`cutlass_kernels.gemm.bwd_sm90ws`: both consumer warpgroups on one tile), not at all."""
     m, k, n = shape
     bm, bn = 128, 128
     tiles_sm = _cdiv(_cdiv(m, bm) * _cdiv(k, bn), spec.sms)
     mma = mma_cycles(spec, fit, tiles_sm * bm * bn * _cdiv(n, 64) * 64)
     epi = tiles_sm * bm * bn * epilogue_slots / (32 * spec.smsps) / ETA_ISSUE
-    cycles = overlap(mma, epi, PHI_WS) + FILL_CYCLES
+    cycles = overlap(mma, epi, PHI_WS if pingpong else 0.0) + FILL_CYCLES
     hbm = 2 * (m * n + n * k + 2 * m * k + m * (k + 8))  # dY, W, x in; dx, [F(x) | 1] out
     return max(spec.us(cycles), hbm_us(spec, fit, hbm))
 
@@ -207,10 +210,12 @@ def unfused_bwd_us(spec: GpuSpec, fit: Fit, shape: tuple[int, int, int], bwdf_sl
     return cublas_gemm_us(spec, fit, m, k, n) + bwdf + cublas_gemm_us(spec, fit, n, k + 8, m) + FOLD_US
 
 
-def new_bwd_us(spec: GpuSpec, fit: Fit, epilogue_slots: float, shape: tuple[int, int, int]) -> float:
+def new_bwd_us(spec: GpuSpec, fit: Fit, epilogue_slots: float, shape: tuple[int, int, int],
+               pingpong: bool = True) -> float:
     """Issue 16: the warp-specialized dgrad with its epilogue, one cuBLAS wgrad, the fold."""
     m, k, n = shape
-    return ws_dgrad_us(spec, fit, epilogue_slots, shape) + cublas_gemm_us(spec, fit, n, k + 8, m) + FOLD_US
+    return (ws_dgrad_us(spec, fit, epilogue_slots, shape, pingpong) + cublas_gemm_us(spec, fit, n, k + 8, m)
+            + FOLD_US)
 
 
 def mma_floor_us(spec: GpuSpec, shape: tuple[int, int, int]) -> float:

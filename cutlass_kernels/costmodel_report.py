@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import costmodel_kernels as km
-from .costmodel import (KAT_SHAPES, OLD_DGRAD, OLD_FWD, OLD_WGRAD, SassInputs, dgrad_epilogue_slots, fit,
+from .costmodel import (WS_DGRAD_NAME, WS_DGRAD_PP_NAME, KAT_SHAPES, OLD_DGRAD, OLD_FWD, OLD_WGRAD, SassInputs, dgrad_epilogue_slots, fit,
                         fused_bwd_us, fused_fwd_us, model_of, old_kernels, ws_design)
 from .costmodel_data import PROFILE_SHAPE, Measurement, load, lookup
 from .costmodel_hw import H100, GpuSpec
@@ -121,6 +121,15 @@ def backward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[lis
                           f"design: old dgrad epilogue + F = {heavy:.0f} slots/el; cuBLAS wgrad; fold"),
                          ("new, lean epi", km.new_bwd_us(spec, f, lean, shape),
                           f"design: epilogue as lean as the elementwise kernel, {lean:.0f} slots/el")]
+            if inp.ws_dgrad_epi is not None:
+                built = inp.ws_dgrad_epi
+                variants += [("sm90ws (built)", km.new_bwd_us(spec, f, built, shape, pingpong=False),
+                              f"SASS {WS_DGRAD_NAME}: {built:.0f} slots/el, cooperative (no overlap)"),
+                             ]
+            if inp.ws_dgrad_pp_epi is not None:
+                pp = inp.ws_dgrad_pp_epi
+                variants += [("sm90wspp (built)", km.new_bwd_us(spec, f, pp, shape),
+                              f"SASS {WS_DGRAD_PP_NAME}: {pp:.0f} slots/el, ping-pong (overlap phi_ws)")]
         rows += _rows(label, shape, variants, lin, "vs_linear_bwd", meas)
     return rows
 

@@ -209,7 +209,13 @@ def rational_linear_forward(
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
 
-@checked
+def _backward_route() -> tuple:
+    """The env knobs that pick the kernel behind ``rational_linear_backward`` (part of its self-check key)."""
+    return (os.environ.get("FUSEDKAT_FUSED_BWD", ""), os.environ.get("FUSEDKAT_BWD_KERNEL", ""),
+            os.environ.get("FUSEDKAT_BWD_SM90", ""))
+
+
+@checked(route=_backward_route)
 def rational_linear_backward(
     grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
     weight: torch.Tensor, has_bias: bool, form: str,
@@ -256,8 +262,7 @@ def _unfused_backward(go: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
     f_aug = torch.empty((go.shape[0], k + TAIL), dtype=x.dtype, device=x.device)
     dx, d_num, d_den = _backward(g_in, x, numerator, denominator, form, f_out=f_aug, ones_tail=True)
-    dwb = go.t() @ f_aug  # [N, K + TAIL]
-    # dense results: the op's fake impl promises contiguous outputs (inductor asserts strides)
-    d_weight = dwb[:, :k].to(weight.dtype).contiguous()
-    d_bias = dwb[:, k].to(weight.dtype).contiguous()
+    from .gemm.bwd_launch import wgrad_and_bias
+
+    d_weight, d_bias = wgrad_and_bias(go, f_aug, k, weight.dtype)
     return dx, d_num, d_den, d_weight, d_bias

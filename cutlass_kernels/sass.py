@@ -134,8 +134,9 @@ def _has(insns: list, first: int, last: int, prefix: str) -> bool:
 def role_counts(sass: str) -> dict[str, collections.Counter]:
     """Full-opcode counts of each role's main loop body in a warp-specialized kernel's SASS.
 
-    Returns ``{"producer": Counter, "transform": Counter, "consumer": Counter}`` (a role absent
-    from the kernel, e.g. the consumer of a ``_nomma`` variant, is left out).  A role's loop is
+    Returns ``{"producer": Counter, "transform": Counter, "consumer": Counter, "epilogue": Counter}``
+    (a role absent from the kernel, e.g. the consumer of a ``_nomma`` variant, is left out;
+    "epilogue" is the consumers' tile loop minus their k-loop, see :func:`_epilogue_range`).  A role's loop is
     the smallest backward-branch loop (:func:`loops`) holding its marker (:data:`ROLE_MARKERS`);
     for an F = identity transform, the smallest loop with an ``STS`` and no ``HGMMA``.  The counts
     are static instructions of one iteration of that loop -- one k-tile -- including any small
@@ -159,6 +160,11 @@ def role_counts(sass: str) -> dict[str, collections.Counter]:
                     out["transform_rescue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i in cold)
                     body = [ins for i, ins in enumerate(body) if i not in cold]
             out[role] = collections.Counter(op for _, _, op, _ in body)
+    epi = _epilogue_range(insns, found)
+    if epi is not None:
+        (a, b), (ca, cb) = epi
+        out["epilogue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(insns[a:b + 1], a)
+                                              if not ca <= i <= cb)
     return out
 
 
@@ -185,6 +191,24 @@ def rescue_blocks(body: list[tuple[int, bool, str, str]]) -> set[int]:
             cold.update(range(i + 1, j))
     hot_rcp = any(op.startswith("MUFU.RCP") for k, (_, _, op, _) in enumerate(body) if k not in cold)
     return cold if hot_rcp else set()
+
+
+def _epilogue_range(insns: list, found: list[tuple[int, int]]
+                    ) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+    """``(tile loop, consumer k-loop)`` index ranges: the tile loop is the smallest loop that
+    strictly contains the consumer's main loop (the smallest one with an HGMMA) and stores to
+    global memory (``STG``); its instructions outside the k-loop are the per-tile epilogue (plus
+    the tile bookkeeping).  None when there is no such loop."""
+    mma = [(b - a, a, b) for a, b in found if _has(insns, a, b, "HGMMA")]
+    if not mma:
+        return None
+    _, ca, cb = min(mma)
+    outer = [(b - a, a, b) for a, b in found if a <= ca and cb <= b and (a, b) != (ca, cb)
+             and any(op.startswith("STG") for i, (_, _, op, _) in enumerate(insns[a:b + 1], a) if not ca <= i <= cb)]
+    if not outer:
+        return None
+    _, a, b = min(outer)
+    return (a, b), (ca, cb)
 
 
 def base_counts(counts: collections.Counter) -> collections.Counter:

@@ -24,6 +24,9 @@
 #                   fwdws (issue 15, ~6 min: tests/gpu/test_gemm_fwd.py against the sm90ws and the old
 #                   sm90 kernel, then bench_gemm_fwd without inductor/autotune: cuBLAS, unfused, sm90ws,
 #                   sm90, the _fid / _nomma diagnostics, GPU time by CUDA events, SM clocks logged);
+#                   bwdws (issue 16, ~6 min: tests/gpu/test_gemm_bwd.py -- sm90ws by default, the old
+#                   sm90 pair by FUSEDKAT_BWD_KERNEL=sm90 -- then bench_gemm_bwd's backward cases:
+#                   cuBLAS linear backward, unfused, sm90ws, sm90wspp, old sm90);
 #                   then bench.gpu_results folds everything into the results JSON.
 #
 # Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
@@ -191,6 +194,24 @@ json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudag
         (cd "$REPO" && "$PY" -m bench.bench_gemm_fwd "$res/bench_gemm_fwd_ws.json" 2>&1 \
             | tee "$res/bench_gemm_fwd_ws_summary.md" >&2) || true
         out_copy "$res/bench_gemm_fwd_ws_summary.md" "$res/bench_gemm_fwd_ws.json" ;;
+      bwdws)
+        rc_gemm=0; rc_tests=0
+        nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv > "$res/clocks_bwdws.txt" 2>&1 || true
+        log "issue 16: fused backward GPU tests (sm90ws default + the old sm90 pair)"
+        (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_FILE_TIMEOUT:-420}" "$PY" -m pytest tests/gpu/test_gemm_bwd.py -q -rfE \
+            -p no:cacheprovider -o addopts="" "${tmo[@]}" --junitxml "$res/junit_test_gemm_bwd_ws.xml" \
+            > "$res/gpu_tests_bwdws.txt" 2>&1) || rc_tests=$?
+        tail -4 "$res/gpu_tests_bwdws.txt" >&2; out_copy "$res/gpu_tests_bwdws.txt"
+        log "issue 16: backward benchmarks (linear, unfused, sm90ws, sm90wspp, old sm90; no layer steps)"
+        (cd "$REPO" && FUSEDKAT_BENCH_SIZE="${FUSEDKAT_BENCH_SIZE:-paper}" timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" \
+            "$PY" -m pytest bench/bench_gemm_bwd.py -q -rfE -p no:cacheprovider -o addopts="" \
+            -k "test_gemm_bwd and not atomics" --benchmark-json "$res/bench_gemm_bwd_ws.json" \
+            > "$res/bench_gemm_bwd_ws.txt" 2>&1) || rc_gemm=$?
+        nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv >> "$res/clocks_bwdws.txt" 2>&1 || true
+        tail -5 "$res/bench_gemm_bwd_ws.txt" >&2; out_copy "$res/bench_gemm_bwd_ws.txt" "$res/clocks_bwdws.txt"
+        (cd "$REPO" && "$PY" -m bench.bench_gemm_bwd "$res/bench_gemm_bwd_ws.json" 2>&1 \
+            | tee "$res/bench_gemm_bwd_ws_summary.md" >&2) || true
+        out_copy "$res/bench_gemm_bwd_ws_summary.md" "$res/bench_gemm_bwd_ws.json" ;;
       *) log "unknown phase: $phase"; exit 2 ;;
     esac
   done

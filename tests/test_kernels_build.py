@@ -188,3 +188,18 @@ def test_ws_forward_roles_hold_in_the_sass(build_rows):
         # x and W per k-tile in one loop; the resident-panel variant loads them in a loop each
         tma = 1 if "_panel" in r["kernel"] else 2
         assert sum(n for op, n in roles["producer"].items() if op.startswith("UTMALDG")) == tma
+
+
+def test_ws_dgrad_roles_hold_in_the_sass(build_rows):
+    """The warp-specialized sm_90a dgrad (issue 16; cooperative and ping-pong) in every variant the registry builds: zero
+    spills and stack, 4 HGMMA per k-tile in the consumer loop, an epilogue with one MUFU.RCP per
+    accumulator value and no integer division (``ws_check.dgrad_role_failures``)."""
+    from cutlass_kernels.gemm import ws_check
+
+    _, rows = build_rows
+    ws = [r for r in rows if r["kernel"].startswith(("rational_gemm_dgrad_sm90ws_", "rational_gemm_dgrad_sm90wspp_"))]
+    assert len(ws) == 8 and {r["arch"] for r in ws} == {"sm_90a"}
+    for r in ws:
+        assert r["ok"] and r["spills"] == 0 and r["sass"].get("STL", 0) == 0, r["kernel"]
+        assert ws_check.dgrad_role_failures(r["roles"], {}) == [], r["kernel"]
+        assert not any(op.startswith(("I2F", "F2I", "IMAD.HI")) for op in r["roles"]["epilogue"])

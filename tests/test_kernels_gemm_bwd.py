@@ -85,10 +85,12 @@ def test_registered_variants_names_and_expectations():
 
     vs = variants()
     names = {v.name for v in vs}
-    assert len(names) == len(vs) == 16
+    assert len(names) == len(vs) == 24
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
-        mma = "HGMMA" if "_sm90_" in v.name else "HMMA"
+        ws = "_sm90ws_" in v.name or "_sm90wspp_" in v.name
+        mma = "HGMMA" if ("_sm90_" in v.name or ws) else "HMMA"
+        assert bool(v.role_check) == ws
         assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
 

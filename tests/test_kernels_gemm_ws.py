@@ -125,8 +125,9 @@ def test_build_check_fails_a_real_kernel_that_misses_its_role_budget(monkeypatch
     assert row["ok"], row["errors"]
     assert row["spills"] == 0 and row["registers"] == 128  # the launch cap of 512 threads
     roles = row["roles"]
-    # transform_rescue: the large-|x| exact path (sass.rescue_blocks), a real branch off the hot loop
-    assert set(roles) == {"producer", "transform", "consumer", "transform_rescue"}
+    # transform_rescue: the large-|x| exact path (sass.rescue_blocks), a real branch off the hot
+    # loop; epilogue: the per-tile code outside the k-loop (issue 16)
+    assert set(roles) == {"producer", "transform", "consumer", "transform_rescue", "epilogue"}
     assert sass.base_counts(roles["transform_rescue"])["MUFU"] > 0
     slots = ws_check.slots_per_element(roles)
     assert 12.5 <= slots <= ws_check.MAX_SLOTS_PER_ELEMENT

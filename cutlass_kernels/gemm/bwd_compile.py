@@ -112,8 +112,60 @@ def fake_pointer_arguments(cfg: BwdConfig) -> tuple:
     return (*ptrs, *ints, make_fake_stream())
 
 
+class WsPointerEntry:
+    """The launchable form of the sm90ws dgrad (:mod:`.bwd_sm90ws`):
+
+    ``(pA, pB, pC, pX, pF, pWs, pNum, pDen, M, N/8, K/8, ws_rows, groups, num_rows, group_size, ctas,
+    stream)``: pA = dY ``[M, N]``, pB = W ``[N, K]`` (read as W^T), pC = dx ``[M, K]``, pX = x, pF =
+    the ``[M, K + 8]`` buffer ``[F(x) | 1 0 ...]`` (the kernel writes its first K columns), pWs the
+    ``[ws_rows, K/8, m+1+n]`` fp32 partials; ``ctas`` persistent CTAs (the SM count)."""
+
+    def __init__(self, kernel: Any, cfg: BwdConfig):
+        self.kernel = kernel
+        self.cfg = cfg
+
+    @cute.jit
+    def __call__(self, pA: cute.Pointer, pB: cute.Pointer, pC: cute.Pointer, pX: cute.Pointer,
+                 pF: cute.Pointer, pWs: cute.Pointer, pNum: cute.Pointer, pDen: cute.Pointer, M: cutlass.Int32,
+                 N8: cutlass.Int32, K8: cutlass.Int32, ws_rows: cutlass.Int32, groups: cutlass.Int32,
+                 num_rows: cutlass.Int32, group_size: cutlass.Int32, ctas: cutlass.Int32, stream):
+        cfg = self.cfg
+        m1, n, P = cfg.m + 1, cfg.n, cfg.num_params
+        N = cute.assume(N8 * 8, divby=8)
+        K = cute.assume(K8 * 8, divby=8)
+        KF = cute.assume(K8 * 8 + 8, divby=8)  # row stride of [F(x) | 1 0 ...]
+        mX = cute.make_tensor(pX, cute.make_layout((M, K), stride=(K, 1)))
+        mF = cute.make_tensor(pF, cute.make_layout((M, K), stride=(KF, 1)))
+        mA = cute.make_tensor(pA, cute.make_layout((M, N), stride=(N, 1)))  # dY
+        mB = cute.make_tensor(pB, cute.make_layout((K, N), stride=(1, K)))  # W^T view of W
+        mC = cute.make_tensor(pC, cute.make_layout((M, K), stride=(K, 1)))  # dx
+        mWs = cute.make_tensor(pWs, cute.make_layout((ws_rows, K8, P), stride=(K8 * P, P, 1)))
+        if cutlass.const_expr(cfg.shared_numerator):
+            mNum = cute.make_tensor(pNum, cute.make_layout((1, m1), stride=(m1, 1)))
+        else:
+            mNum = cute.make_tensor(pNum, cute.make_layout((num_rows, m1), stride=(m1, 1)))
+        mDen = cute.make_tensor(pDen, cute.make_layout((groups, n), stride=(n, 1)))
+        self.kernel(mA, mB, mC, mX, mF, mWs, mNum, mDen, group_size, ctas, stream)
+
+
+def fake_ws_pointer_arguments(cfg: BwdConfig) -> tuple:
+    """Placeholder arguments of :class:`WsPointerEntry` (never read at compile time)."""
+    from cutlass.cute.runtime import make_ptr
+
+    gmem = cute.AddressSpace.gmem
+    ab, f32 = dsl_dtype(cfg.ab_dtype), cutlass.Float32
+    ptrs = [make_ptr(dt, 1 << 20, gmem, assumed_align=16) for dt in (ab, ab, ab, ab, ab, f32, f32, f32)]
+    ints = [cutlass.Int32(v) for v in (128, 16, 16, 8, 8, 1, 16, 132)]
+    return (*ptrs, *ints, make_fake_stream())
+
+
 def kernel_object(cfg: BwdConfig) -> Any:
-    """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90" TMA + WGMMA)."""
+    """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90" TMA + WGMMA,
+    "sm90ws" the persistent warp-specialized dgrad)."""
+    if cfg.kernel in ("sm90ws", "sm90wspp"):
+        from .bwd_sm90ws import RationalDgradSm90Ws
+
+        return RationalDgradSm90Ws(cfg)
     if cfg.kernel == "sm90":
         from .bwd_sm90 import RationalBwdSm90
 
@@ -124,9 +176,9 @@ def kernel_object(cfg: BwdConfig) -> Any:
 def config_of(mode: str, ab_dtype: str, c_dtype: str, form: str, m: int = 5, n: int = 4,
               shared_numerator: bool = True, kernel: str = "sm80") -> BwdConfig:
     """The :class:`BwdConfig` of a registry / launcher field set (sm90: its one tile and depth)."""
-    if kernel == "sm90":
+    if kernel in ("sm90", "sm90ws", "sm90wspp"):
         return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64), stages=4,
-                         kernel="sm90")
+                         kernel=kernel)
     return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)
 
 
@@ -137,6 +189,10 @@ def compile_variant(arch: str, options: str, **fields: Any) -> Any:
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"the backward GEMMs target {SUPPORTED_ARCHS}, got {arch!r}")
     cfg = config_of(**fields)
+    if cfg.kernel in ("sm90ws", "sm90wspp"):
+        if arch != "sm_90a":
+            raise ValueError(f"the {cfg.kernel} dgrad targets sm_90a, got {arch!r}")
+        return cute.compile(WsPointerEntry(kernel_object(cfg), cfg), *fake_ws_pointer_arguments(cfg), options=options)
     return cute.compile(PointerEntry(kernel_object(cfg), cfg), *fake_pointer_arguments(cfg), options=options)
 
 

@@ -137,8 +137,11 @@ def load_coefficients(mNum: cute.Tensor, mDen: cute.Tensor, group, m: cutlass.Co
 def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: cute.Tensor,
                    mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor, group_size: cutlass.Int32,
                    ws_row, lane, groups: cutlass.Constexpr, form: cutlass.Constexpr, m: cutlass.Constexpr,
-                   n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
-    """See the module docstring; ``groups`` from :func:`chunk_groups`."""
+                   n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr, tCgF=None, chunk_group=None):
+    """See the module docstring; ``groups`` from :func:`chunk_groups`.  ``tCgF`` (optional, the
+    accumulator's partition of an ``[M, K]`` view in x's dtype): F(x) is stored there too.
+    ``chunk_group`` (optional, one Int32 per entry of ``groups``): the chunks' coefficient groups,
+    computed by the caller without division (else ``chunk_col // group_size`` here)."""
     P = m + 1 + n
     rows = mC.shape[0]
     cols = mC.shape[1]
@@ -149,7 +152,8 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
         chunk_cols = []
         for gi in cutlass.range_constexpr(b0, b0 + nb):
             sums, chunk_col = _chunk_sums(acc, tCcC, tCgX, mNum, mDen, group_size, rows, cols, last_group,
-                                          groups[gi], form, m, n, shared_numerator)
+                                          groups[gi], form, m, n, shared_numerator, tCgF,
+                                          None if chunk_group is None else chunk_group[gi])
             flat = flat + sums
             chunk_cols.append(chunk_col)
         vals, base, rest = reduce_scatter(flat, lane, DslWarpOps)
@@ -167,14 +171,16 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
 @cute.jit
 def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
                 group_size, rows, cols, last_group, idx: cutlass.Constexpr, form: cutlass.Constexpr,
-                m: cutlass.Constexpr, n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr):
-    """acc[idx] <- G * F'(x) for the values of one chunk; returns (this lane's sums of
+                m: cutlass.Constexpr, n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr, tCgF=None,
+                group=None):
+    """acc[idx] <- G * F'(x) for the values of one chunk (and F(x) -> ``tCgF`` if given); returns (this lane's sums of
     G * dF/d(a_0..a_m, b_1..b_n), the chunk's first column)."""
     P = m + 1 + n
     per_element_sign = form == "B"
     col0 = tCcC[idx[0]][1]
     chunk_col = col0 - col0 % CHUNK
-    group = cutlass.min(chunk_col // group_size, last_group)
+    if cutlass.const_expr(group is None):
+        group = cutlass.min(chunk_col // group_size, last_group)
     a, b = load_coefficients(mNum, mDen, group, m, n, shared_numerator)
     sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
     den_sign = None
@@ -186,6 +192,9 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
             x = tCgX[i].to(cutlass.Float32)
         g = acc[i]
         t = rm.grad_terms(a, b, x, form, DslMath)
+        if cutlass.const_expr(tCgF is not None):
+            if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
+                tCgF[i] = t.f.to(tCgF.element_type)
         acc[i] = g * t.dfdx
         # The same per-element factors as fusedkat.ops.torch_impl.group_rational_backward.
         for p in cutlass.range_constexpr(m + 1):

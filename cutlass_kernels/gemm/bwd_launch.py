@@ -10,7 +10,13 @@
 3. wgrad kernel: ``dW = dY^T F(x)`` (fp32 accumulate and output, cast to the weight's dtype);
 4. ``dbias = dY.sum(0)`` in fp32 (torch; a plain column reduction).
 
-Only x is needed (F(x) is recomputed inside the wgrad prologue).  The kernels are compiled on
+Only x is needed (F(x) is recomputed inside the wgrad prologue).
+
+On sm_90 the default (``FUSEDKAT_BWD_KERNEL=sm90ws``, :func:`bwd_kernel`) is instead
+:func:`ws_backward`: the persistent warp-specialized dgrad of :mod:`.bwd_sm90ws` writes dx, the
+partials and ``[F(x) | 1 0 ...]`` in one pass, the fold as in 2., then one cuBLAS GEMM
+``dY^T [F(x) | 1]`` gives dW and db together (no fused wgrad, no column reduction).
+``FUSEDKAT_BWD_KERNEL=sm90`` keeps the TMA + WGMMA dgrad / fused wgrad pair below reachable.  The kernels are compiled on
 first use per (variant, device arch) through :func:`cutlass_kernels.runtime.get_kernel` (AOT disk
 cache) as pointer-ABI entries (:class:`~cutlass_kernels.gemm.bwd_compile.PointerEntry`), called
 through TVM-FFI when it is installed, like every other launched kernel (:mod:`cutlass_kernels.abi`).
@@ -54,7 +60,7 @@ def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch
     major, _ = torch.cuda.get_device_capability(x.device)
     if major not in (8, 9):
         return "the fused backward (mma.sync) is built for sm_80..sm_90 GPUs"
-    if max(x.numel(), grad_out.numel(), weight.numel()) > 2**31 - 1:
+    if max(x.numel() // max(x.shape[-1], 1) * (x.shape[-1] + 8), grad_out.numel(), weight.numel()) > 2**31 - 1:
         return "fused backward indexes with 32-bit offsets: tensors over 2^31 elements run unfused"
     k, n_out, g = x.shape[-1], weight.shape[0], denominator.shape[0]
     if k % 8 or n_out % 8:
@@ -102,9 +108,87 @@ def launch_arguments(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x2: torc
     return (*ptrs, *abi.int32s((m_rows, n_out // 8, k // 8, ws.shape[0], g, num.shape[0], k // g), ffi))
 
 
-def _use_sm90(device: torch.device) -> bool:
-    """TMA + WGMMA kernels on sm_90 (unless ``FUSEDKAT_BWD_SM90=0``); mma.sync elsewhere."""
-    return abi.device_info(device)[0][0] == 9 and os.environ.get("FUSEDKAT_BWD_SM90", "1") != "0"
+ENV_BWD_KERNEL = "FUSEDKAT_BWD_KERNEL"
+#: ``FUSEDKAT_BWD_KERNEL`` values on sm_90 (unset = the first): the persistent warp-specialized
+#: dgrad + one cuBLAS GEMM ``dY^T [F(x) | 1]`` (:mod:`.bwd_sm90ws`; ``sm90wspp``: its ping-ponged
+#: consumers), or the TMA + WGMMA dgrad and fused wgrad of :mod:`.bwd_sm90`.
+SM90_KERNELS = ("sm90ws", "sm90wspp", "sm90")
+
+
+def bwd_kernel(device: torch.device) -> str:
+    """The fused backward's kernel family for ``device``: ``sm80`` (mma.sync) off sm_90 or with
+    ``FUSEDKAT_BWD_SM90=0``; on sm_90 ``FUSEDKAT_BWD_KERNEL`` (:data:`SM90_KERNELS`, default
+    ``sm90ws``).  An unknown value is a ValueError, not a silent default."""
+    choice = os.environ.get(ENV_BWD_KERNEL, "") or SM90_KERNELS[0]
+    if choice not in SM90_KERNELS:
+        raise ValueError(f"{ENV_BWD_KERNEL}={choice!r}: expected one of {SM90_KERNELS}")
+    if abi.device_info(device)[0][0] != 9 or os.environ.get("FUSEDKAT_BWD_SM90", "1") == "0":
+        return "sm80"
+    return choice
+
+
+def wgrad_and_bias(go: torch.Tensor, f_aug: torch.Tensor, k: int, weight_dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dY^T [F(x) | 1 0 ...] = [dW | db | 0 ...]`` (one cuBLAS GEMM): go ``[M, N]``, f_aug
+    ``[M, K + 8]`` in go's dtype.  Returns dense ``(dW [N, K], db [N])`` in ``weight_dtype`` (the
+    GEMM rounds to go's dtype first, as a plain ``nn.Linear`` backward under autocast does)."""
+    dwb = go.t() @ f_aug  # [N, K + 8]
+    # dense results: the op's fake impl promises contiguous outputs (inductor asserts strides)
+    return dwb[:, :k].to(weight_dtype).contiguous(), dwb[:, k].to(weight_dtype).contiguous()
+
+
+def ws_launch_arguments(go: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, x2: torch.Tensor,
+                        f_aug: torch.Tensor, ws: torch.Tensor, num: torch.Tensor, den: torch.Tensor, ctas: int,
+                        ffi: bool = False) -> tuple:
+    """The :class:`~cutlass_kernels.gemm.bwd_compile.WsPointerEntry` arguments, stream excluded:
+    ``(pA, pB, pC, pX, pF, pWs, pNum, pDen, M, N/8, K/8, ws_rows, groups, num_rows, group_size, ctas)``
+    (f_aug ``[M, K + 8]``, the rest as :func:`launch_arguments`)."""
+    m_rows, k = x2.shape
+    g = den.shape[0]
+    ptrs = tuple(abi.pointer(t, 16, ffi) for t in (go, w, dx, x2, f_aug, ws, num, den))
+    sizes = (m_rows, go.shape[1] // 8, k // 8, ws.shape[0], g, num.shape[0], k // g, ctas)
+    return (*ptrs, *abi.int32s(sizes, ffi))
+
+
+def _launch_ws_dgrad(go: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, x2: torch.Tensor, f_aug: torch.Tensor,
+                     ws: torch.Tensor, num32: torch.Tensor, den32: torch.Tensor, fields: dict) -> None:
+    """One launch of the sm90ws dgrad (one persistent CTA per SM) on x's GPU and stream."""
+    ffi = abi.ffi_enabled()
+    ctas = abi.device_info(x2.device)[1]
+    with abi.on_device(x2.device):
+        _kernel(fields, x2.device, ffi)(*ws_launch_arguments(go, w, dx, x2, f_aug, ws, num32, den32, ctas, ffi),
+                                        abi.stream(x2.device, ffi))
+
+
+def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torch.Tensor, den32: torch.Tensor,
+                form: str, weight_dtype: torch.dtype, kernel: str = "sm90ws") -> tuple[torch.Tensor, ...]:
+    """The sm90ws backward: the dgrad kernel (dx, partials, F(x) into ``[F(x) | 1 0 ...]``), the
+    deterministic fold, one cuBLAS GEMM for dW and db.  go ``[M, N]``, x2 ``[M, K]``, w ``[N, K]``
+    in one dtype, contiguous and 16-byte aligned; num32 ``(1|g, m+1)`` / den32 ``(g, n)`` fp32;
+    ``kernel``: ``sm90ws`` (cooperative consumers) or ``sm90wspp`` (ping-pong).
+    Returns ``(dx [M, K], d_num f32, d_den f32, dW, db)`` (dW, db in ``weight_dtype``)."""
+    from .bwd_compile import config_of
+    from .bwd_sm80 import CHUNK
+
+    rows, k = x2.shape
+    g, m = den32.shape[0], num32.shape[1] - 1
+    shared = num32.shape[0] == 1
+    fields = {"mode": "dgrad", "ab_dtype": _AB[x2.dtype], "c_dtype": _AB[x2.dtype], "form": form, "m": m,
+              "n": den32.shape[1], "shared_numerator": shared, "kernel": kernel}
+    cfg = config_of(**fields)
+    # one partial slot per 16 rows of the kernel's M tile (ping-pong: 64-row tiles); every slot
+    # of every tile is written (rows past M add zeros), so no zero-fill
+    tile_m = 64 if kernel == "sm90wspp" else cfg.tile[0]
+    s_rows = -(-rows // tile_m) * (tile_m // 16)
+    ws = torch.empty((s_rows, k // CHUNK, cfg.num_params), dtype=torch.float32, device=x2.device)
+    dx = torch.empty_like(x2)
+    f_aug = torch.empty((rows, k + CHUNK), dtype=x2.dtype, device=x2.device)
+    f_aug[:, k:] = 0  # the tail (1, 0, ..., 0): the ones column turns the wgrad GEMM's column k into db
+    f_aug[:, k] = 1
+    _launch_ws_dgrad(go, w, dx, x2, f_aug, ws, num32, den32, fields)
+    d_num, d_den = fold_partials(ws, g, shared, m)
+    dw, db = wgrad_and_bias(go, f_aug, k, weight_dtype)
+    return dx, d_num, d_den, dw, db
 
 
 def _kernel(fields: dict, device: torch.device, ffi: bool):
@@ -158,9 +242,12 @@ def rational_linear_backward(
                 z(denominator.shape, dtype=denominator.dtype, device=x.device),
                 z(weight.shape, dtype=weight.dtype, device=x.device), z((n_out,), dtype=weight.dtype, device=x.device))
 
+    family = bwd_kernel(x.device)
+    if family.startswith("sm90ws"):
+        dx, d_num, d_den, dw, db = ws_backward(go, x2, w, num32, den32, form, weight.dtype, family)
+        return (dx.reshape(x.shape), d_num.to(numerator.dtype), d_den.to(denominator.dtype), dw, db)
     # 1. dgrad + coefficient partials
-    common = {"form": form, "m": m, "n": n, "shared_numerator": shared,
-              "kernel": "sm90" if _use_sm90(x.device) else "sm80"}
+    common = {"form": form, "m": m, "n": n, "shared_numerator": shared, "kernel": family}
     dgrad = {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, **common}
     dcfg = config_of(**dgrad)
     s_rows = -(-rows // dcfg.tile[0]) * dcfg.ws_rows_per_tile

@@ -4,7 +4,8 @@ wgrad with the rational prologue).  Imported by ``cutlass_kernels.gemm.variants`
 Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}`` (``sm80``: the mma.sync kernel family).
 The CI build compiles them for sm_80 only, to keep its time down (they also compile for sm_90a,
 0 spills, which is what the launcher JIT-compiles on Hopper with ``FUSEDKAT_BWD_SM90=0``).  ``rational_gemm_{dgrad|wgrad}_sm90_*``: the TMA +
-WGMMA kernels of :mod:`.bwd_sm90`, the default on sm_90.
+WGMMA kernels of :mod:`.bwd_sm90` (``FUSEDKAT_BWD_KERNEL=sm90``).  ``rational_gemm_dgrad_sm90ws_*``: the
+persistent warp-specialized dgrad of :mod:`.bwd_sm90ws`, the fused backward's default on sm_90.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..registry import Variant, make_variant
 
 _TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
 SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
-                            "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90",
+                            "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90", "cutlass_kernels.gemm.bwd_sm90ws",
                             "cutlass_kernels.gemm.bwd_epilogue", "cutlass_kernels.gemm.sm90_common",
                             "cutlass_kernels.gemm.bwd_compile")
 #: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
@@ -56,4 +57,15 @@ def variants() -> list[Variant]:
                     f"rational_gemm_{mode}_sm90_{ab}_{c}_{form}", _TARGET,
                     {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form, "kernel": "sm90"},
                     arches=("sm_90a",), expect_sass=expect, sources=SOURCES))
+    # Hopper, issue 16: the persistent warp-specialized dgrad whose epilogue also writes F(x)
+    # (bwd_sm90ws); dW and db come from one cuBLAS GEMM.  Per-role SASS check: ws_check.
+    # ``sm90wspp``: the same with ping-ponged consumer warpgroups (FUSEDKAT_BWD_KERNEL=sm90wspp).
+    for kernel in ("sm90ws", "sm90wspp"):
+        for ab in ("bf16", "fp16"):
+            for form in rm.FORMS:
+                out.append(make_variant(
+                    f"rational_gemm_dgrad_{kernel}_{ab}_{ab}_{form}", _TARGET,
+                    {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, "form": form, "kernel": kernel},
+                    arches=("sm_90a",), expect_sass={"HGMMA": 4, "MUFU.RCP": 64, "SHFL.BFLY": 1}, sources=SOURCES,
+                    role_check="cutlass_kernels.gemm.ws_check:dgrad_role_failures"))
     return out

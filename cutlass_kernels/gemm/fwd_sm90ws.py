@@ -72,7 +72,7 @@ from fusedkat.ops import rational_math as rm
 
 from ..dsl import DslMath
 from .common import MAX_GROUPS, coef_set, dsl_dtype, fill_coef_table
-from .sm90_common import make_tma_atoms, partition_tma
+from .sm90_common import make_tma_atoms, partition_tma, pipe_load
 from .ws_config import BK, BM, NUM_THREADS, WsFwdConfig
 
 _CHUNK = 8  # elements per transform vector (16 bytes)
@@ -361,16 +361,6 @@ class RationalGemmFwdSm90Ws:
             for i in cutlass.range_constexpr(cute.size(acc)):  # (unroll_full put 8 bytes on the stack)
                 if tCcC[i][0] < rows and tCcC[i][1] < cols:
                     tCgC[i] = out[i]
-
-
-@cute.jit
-def pipe_load(raw, prod, tma_a: cute.CopyAtom, tAgA, tAsA, tma_b: cute.CopyAtom, tBgB, tBsB,
-              kt: cutlass.Int32):
-    """Acquire raw stage ``prod.index`` and start the TMA loads of k-tile ``kt`` of this tile."""
-    raw.producer_acquire(prod)
-    bar = raw.producer_get_barrier(prod)
-    cute.copy(tma_a, tAgA[None, kt], tAsA[None, prod.index], tma_bar_ptr=bar)
-    cute.copy(tma_b, tBgB[None, kt], tBsB[None, prod.index], tma_bar_ptr=bar)
 
 
 def check_transform_partition(copy_T) -> None:

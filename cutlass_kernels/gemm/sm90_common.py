@@ -54,3 +54,12 @@ def produce(pipe: Any, prod: Any, tma_a: Any, tAgA: Any, tAsA: Any, tma_b: Any, 
     cute.copy(tma_a, tAgA[None, prod.count], tAsA[None, prod.index], tma_bar_ptr=bar)
     cute.copy(tma_b, tBgB[None, prod.count], tBsB[None, prod.index], tma_bar_ptr=bar)
     pipe.producer_commit(prod)
+
+
+@cute.jit
+def pipe_load(raw, prod, tma_a, tAgA, tAsA, tma_b, tBgB, tBsB, kt):
+    """Acquire raw stage ``prod.index`` and start the TMA loads of k-tile ``kt`` of this tile."""
+    raw.producer_acquire(prod)
+    bar = raw.producer_get_barrier(prod)
+    cute.copy(tma_a, tAgA[None, kt], tAsA[None, prod.index], tma_bar_ptr=bar)
+    cute.copy(tma_b, tBgB[None, kt], tBsB[None, prod.index], tma_bar_ptr=bar)

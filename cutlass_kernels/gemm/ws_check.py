@@ -11,6 +11,9 @@ Cheap to import (no DSL).  Input: the per-role loop counts of :func:`cutlass_ker
   per element for F (each of the 128 transform threads handles 64 elements per k-tile);
 * producer: the two TMA loads (x and W) per k-tile; the resident-panel variant loads x and W in
   loops of their own, one UTMALDG each.
+
+:func:`dgrad_role_failures` checks the sm90ws / sm90wspp dgrad of issue 16 (producer, consumer and
+the ``epilogue`` role: no division, one MUFU.RCP per accumulator value, a slot budget).
 """
 from __future__ import annotations
 
@@ -72,4 +75,52 @@ def role_failures(roles: dict[str, dict[str, int]], fields: dict[str, Any]) -> l
     tma = 1 if fields.get("panel", False) else 2
     if "producer" in roles and _count(roles["producer"], "UTMALDG") != tma:
         out.append(f"producer loop: {_count(roles['producer'], 'UTMALDG')} UTMALDG per k-tile, expected {tma}")
+    return out
+
+
+# ---------------------------------------------------------------- the sm90ws dgrad (issue 16)
+#: Accumulator values per consumer thread and tile (64 x 128 fp32 per warpgroup / 128 threads).
+DGRAD_ELEMENTS_PER_THREAD = 64
+#: UTMALDG per k-tile of the dgrad's producer: dY (K-major, one box) + W^T (MN-major 128 x 64:
+#: two 64-wide boxes of the 128-byte swizzle).
+DGRAD_TMA_PER_KTILE = 3
+#: Issue slots per accumulator value in the dgrad's epilogue (dx, 10 partials, F, stores); the
+#: cost model's design estimate was ~99, the bf16 form-A build reads ~90.
+MAX_EPILOGUE_SLOTS_PER_ELEMENT = 100.0
+
+
+def epilogue_slots_per_element(roles: dict[str, dict[str, int]]) -> float:
+    """Instructions of the dgrad's per-tile epilogue per accumulator value of a thread."""
+    return sum(roles["epilogue"].values()) / DGRAD_ELEMENTS_PER_THREAD
+
+
+def dgrad_role_failures(roles: dict[str, dict[str, int]], fields: dict[str, Any]) -> list[str]:
+    """The sm90ws dgrad's per-role SASS check: HGMMA in the consumer k-loop (4 per k-tile), the
+    producer's TMA loads, and an epilogue with exactly one MUFU.RCP per accumulator value, no
+    integer division and at most :data:`MAX_EPILOGUE_SLOTS_PER_ELEMENT` slots per value."""
+    out = [f"no {r} loop found in the SASS" for r in ("producer", "consumer", "epilogue") if r not in roles]
+    if "consumer" in roles:
+        c = roles["consumer"]
+        hgmma = _count(c, "HGMMA")
+        if hgmma != HGMMA_PER_KTILE:
+            out.append(f"consumer loop: {hgmma} HGMMA per k-tile, expected {HGMMA_PER_KTILE}")
+        if sum(c.values()) - hgmma > MAX_CONSUMER_OTHER:
+            out.append(f"consumer loop: {sum(c.values()) - hgmma} non-HGMMA instructions per k-tile "
+                       f"(limit {MAX_CONSUMER_OTHER})")
+    if "producer" in roles and _count(roles["producer"], "UTMALDG") != DGRAD_TMA_PER_KTILE:
+        out.append(f"producer loop: {_count(roles['producer'], 'UTMALDG')} UTMALDG per k-tile, "
+                   f"expected {DGRAD_TMA_PER_KTILE}")
+    if "epilogue" in roles:
+        e = roles["epilogue"]
+        for op in DIVISION_OPCODES:
+            if _count(e, op):
+                out.append(f"epilogue holds {op} (integer division)")
+        rcp = _count(e, "MUFU.RCP")
+        if rcp != DGRAD_ELEMENTS_PER_THREAD:
+            out.append(f"epilogue: {rcp} MUFU.RCP per tile, expected {DGRAD_ELEMENTS_PER_THREAD} (one per value)")
+        if _count(e, "HGMMA"):
+            out.append("epilogue holds HGMMA (the k-loop was not separated)")
+        slots = epilogue_slots_per_element(roles)
+        if slots > MAX_EPILOGUE_SLOTS_PER_ELEMENT:
+            out.append(f"epilogue: {slots:.1f} issue slots per value (limit {MAX_EPILOGUE_SLOTS_PER_ELEMENT})")
     return out

@@ -82,7 +82,9 @@ def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
             paths[name] = "fused" if module.enabled(device) else "unfused"
             if name == "forward" and paths[name] == "fused" and fwd_launch.kernel_arch(device) == "sm_90a":
                 paths[name] += f" {fwd_launch.hopper_kernel()}"  # which WGMMA kernel (FUSEDKAT_FWD_KERNEL)
-        except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD / FWD_KERNEL: report it
+            if name == "backward" and paths[name] == "fused":
+                paths[name] += f" {bwd_launch.bwd_kernel(device)}"  # which kernel (FUSEDKAT_BWD_KERNEL)
+        except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD / FWD_KERNEL / BWD_KERNEL: report it
             paths[name] = f"error: {e}"
     return paths
 

@@ -1,5 +1,10 @@
 """GPU tests of the fused GR-KAN backward (dgrad + wgrad GEMMs); skipped without CUDA sm_80+.
 
+With ``FUSEDKAT_FUSED_BWD=1`` on sm_90 the fused backward is issue 16's sm90ws dgrad + one cuBLAS
+GEMM (the default of ``FUSEDKAT_BWD_KERNEL``), so the reference, determinism, ``.grad``
+accumulation, fake-impl and compiled == eager tests below run it there; the old TMA + WGMMA
+pair is checked with ``FUSEDKAT_BWD_KERNEL=sm90``.
+
 Gradients are compared with autograd through the independent float64 reference
 (tests/rational_reference.py) on the *same* bf16/fp16-rounded inputs, by relative Frobenius error:
 the kernels round F(x) to the MMA dtype inside wgrad and dx to x's dtype, so the bound is that of a
@@ -148,16 +153,41 @@ def test_sm90_kernels_match_reference_and_sm80(form, monkeypatch):
     """On Hopper dgrad and wgrad are the TMA + WGMMA kernels (own partial-slot layout, in-smem F):
     check them against the float64 reference and against the mma.sync kernels (FUSEDKAT_BWD_SM90=0)."""
     args = _inputs(300, 384, 1000 // 8 * 8, 8, False, torch.bfloat16, form, seed=11)
-    monkeypatch.setenv("FUSEDKAT_BWD_SM90", "1")
-    hopper = bwd_launch.rational_linear_backward(*args, True, form)
     monkeypatch.setenv("FUSEDKAT_BWD_SM90", "0")
     ampere = bwd_launch.rational_linear_backward(*args, True, form)
+    monkeypatch.setenv("FUSEDKAT_BWD_SM90", "1")
     go, x, num, den, w = args
     fn = lambda x_, n_, d_, w_, b_: reference_rational_linear(x_, n_, d_, w_, b_, form)  # noqa: E731
     ref = reference_grads(fn, go, x, num, den, w.to(torch.bfloat16), torch.zeros(w.shape[0], device="cuda"))
-    for name, h, a, r in zip(("dx", "dnum", "dden", "dw", "db"), hopper, ampere, ref):
-        assert _rel(h, r) < TOL[torch.bfloat16], (name, _rel(h, r))
-        assert _rel(h, a) < TOL[torch.bfloat16], (name, _rel(h, a))
+    for kernel in ("sm90", "sm90ws", "sm90wspp"):  # the old dgrad + fused wgrad; issue 16's dgrad + cuBLAS
+        monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", kernel)
+        hopper = bwd_launch.rational_linear_backward(*args, True, form)
+        for name, h, a, r in zip(("dx", "dnum", "dden", "dw", "db"), hopper, ampere, ref):
+            assert _rel(h, r) < TOL[torch.bfloat16], (kernel, name, _rel(h, r))
+            assert _rel(h, a) < TOL[torch.bfloat16], (kernel, name, _rel(h, a))
+
+
+@pytest.mark.skipif(torch.cuda.get_device_capability()[0] != 9, reason="the sm90ws dgrad runs on sm_90 only")
+@pytest.mark.parametrize("kernel", ["sm90ws", "sm90wspp"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(25216, 192, 768, 8, True), (25216, 768, 192, 8, True), (77, 200, 64, 5, False),
+                                   (3000, 1536, 384, 1, False)])
+def test_sm90ws_backward_matches_float64_reference_and_is_deterministic(shape, dtype, kernel, monkeypatch):
+    """Issue 16's backward (persistent dgrad writing dx, partials and [F(x) | 1]; cuBLAS dW/db) at a
+    KAT-T shape pair and ragged ones (M, K not multiples of 128; fewer tiles than SMs; K/g = 40):
+    every gradient against the float64 reference, and bitwise the same on a second call; both the
+    cooperative kernel and its ping-pong twin."""
+    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", kernel)
+    for form in ("A", "B"):
+        go, x, num, den, w = _inputs(*shape, dtype, form, seed=23)
+        got = bwd_launch.rational_linear_backward(go, x, num, den, w, True, form)
+        fn = lambda x_, n_, d_, w_, b_: reference_rational_linear(x_, n_, d_, w_, b_, form)  # noqa: E731
+        ref = reference_grads(fn, go, x, num, den, w.to(dtype), torch.zeros(w.shape[0], device="cuda"))
+        for name, a, r in zip(("dx", "dnum", "dden", "dw", "db"), got, ref):
+            assert a.shape == r.shape and a.is_contiguous() and torch.isfinite(a).all(), name
+            assert _rel(a, r) < TOL[dtype], (form, name, _rel(a, r))
+        again = bwd_launch.rational_linear_backward(go, x, num, den, w, True, form)
+        assert all(torch.equal(a, b) for a, b in zip(got, again))
 
 
 @pytest.mark.parametrize("fused", ["1", "0"], ids=["fused-bwd", "unfused-bwd"])
