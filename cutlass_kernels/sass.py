@@ -163,8 +163,11 @@ def role_counts(sass: str) -> dict[str, collections.Counter]:
     epi = _epilogue_range(insns, found)
     if epi is not None:
         (a, b), (ca, cb) = epi
-        out["epilogue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(insns[a:b + 1], a)
-                                              if not ca <= i <= cb)
+        body = [ins for i, ins in enumerate(insns[a:b + 1], a) if not ca <= i <= cb]
+        cold = rescue_blocks(body)  # the large-|x| exact path, where it is a real branch
+        if cold:
+            out["epilogue_rescue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i in cold)
+        out["epilogue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i not in cold)
     return out
 
 

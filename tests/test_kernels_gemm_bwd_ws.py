@@ -130,7 +130,7 @@ def test_bwd_kernel_knob(monkeypatch):
     monkeypatch.delenv(bwd_launch.ENV_BWD_KERNEL, raising=False)
     monkeypatch.delenv("FUSEDKAT_BWD_SM90", raising=False)
     monkeypatch.setattr(abi, "device_info", lambda device: ((9, 0), 132))
-    assert bwd_launch.bwd_kernel(cuda0) == "sm90ws"
+    assert bwd_launch.bwd_kernel(cuda0) == "sm90wspp"  # the ping-pong kernel: the model's pick
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90")
     assert bwd_launch.bwd_kernel(cuda0) == "sm90"
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90ws")

@@ -112,7 +112,7 @@ ENV_BWD_KERNEL = "FUSEDKAT_BWD_KERNEL"
 #: ``FUSEDKAT_BWD_KERNEL`` values on sm_90 (unset = the first): the persistent warp-specialized
 #: dgrad + one cuBLAS GEMM ``dY^T [F(x) | 1]`` (:mod:`.bwd_sm90ws`; ``sm90wspp``: its ping-ponged
 #: consumers), or the TMA + WGMMA dgrad and fused wgrad of :mod:`.bwd_sm90`.
-SM90_KERNELS = ("sm90ws", "sm90wspp", "sm90")
+SM90_KERNELS = ("sm90wspp", "sm90ws", "sm90")
 
 
 def bwd_kernel(device: torch.device) -> str:
@@ -161,7 +161,7 @@ def _launch_ws_dgrad(go: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, x2: to
 
 
 def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torch.Tensor, den32: torch.Tensor,
-                form: str, weight_dtype: torch.dtype, kernel: str = "sm90ws") -> tuple[torch.Tensor, ...]:
+                form: str, weight_dtype: torch.dtype, kernel: str = "sm90wspp") -> tuple[torch.Tensor, ...]:
     """The sm90ws backward: the dgrad kernel (dx, partials, F(x) into ``[F(x) | 1 0 ...]``), the
     deterministic fold, one cuBLAS GEMM for dW and db.  go ``[M, N]``, x2 ``[M, K]``, w ``[N, K]``
     in one dtype, contiguous and 16-byte aligned; num32 ``(1|g, m+1)`` / den32 ``(g, n)`` fp32;
@@ -169,6 +169,10 @@ def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torc
     Returns ``(dx [M, K], d_num f32, d_den f32, dW, db)`` (dW, db in ``weight_dtype``)."""
     from .bwd_compile import config_of
     from .bwd_sm80 import CHUNK
+
+    if kernel == "sm90ws" and form != "A":
+        raise RuntimeError(f"FUSEDKAT_BWD_KERNEL=sm90ws supports form A only (form {form!r}: its build fails "
+                           "the epilogue's division check); use sm90wspp (the default) or sm90")
 
     rows, k = x2.shape
     g, m = den32.shape[0], num32.shape[1] - 1
