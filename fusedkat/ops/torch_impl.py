@@ -53,6 +53,17 @@ def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch
     return [c[:, i : i + 1] for i in range(c.shape[1])]
 
 
+def _group_sum(term: torch.Tensor) -> torch.Tensor:
+    """``[M, g, K/g] -> (g,)``: the sum over every element of each group.  On CPU the rows are
+    summed first (contiguous, vectorised over K) and then each group's K/g columns: inductor's
+    generated code for that order ran the compiled GR-KAN backward at KAT-T's shape (1576 x 768,
+    g = 8) in 9.1 ms against 15.3 ms for one strided reduction over dims (0, 2) (2 threads; issue
+    21).  Other devices keep the single reduction (not measured there)."""
+    if term.device.type == "cpu":
+        return term.sum(dim=0).sum(dim=-1)
+    return term.sum(dim=(0, 2))
+
+
 def group_rational_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str
 ) -> torch.Tensor:
@@ -92,7 +103,7 @@ def group_rational_backward(
     term = gg * t.inv_q
     d_num = []
     for i in range(len(a)):
-        d_num.append(term.sum(dim=(0, 2)))
+        d_num.append(_group_sum(term))
         if i + 1 < len(a):
             term = term * xg
     d_num_t = torch.stack(d_num, dim=1)  # (g, m+1)
@@ -107,7 +118,7 @@ def group_rational_backward(
     d_den = []
     for j in range(len(b)):
         term = term * t.base
-        s = term.sum(dim=(0, 2))
+        s = _group_sum(term)
         if not per_element_sign:
             s = s * t.den_sign[j].reshape(-1)
         d_den.append(s)
