@@ -26,7 +26,8 @@ _NOOP: list = []
 
 def _noop_op():
     """A custom op that only returns ``x.clone()``: torch's custom-op machinery alone (the share of
-    the overhead that is not ours)."""
+    the overhead that is not ours); and a bare custom op around the same ``torch_impl`` call as
+    ``fusedkat::rational_linear`` (no checks, no dispatch: torch's share at that body)."""
     if not _NOOP:
         @torch.library.custom_op("fusedkat_bench::clone", mutates_args=())
         def clone(x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,15 @@ def _noop_op():
 
         clone.register_fake(lambda x: torch.empty_like(x))
         clone.register_autograd(lambda ctx, g: g, setup_context=lambda ctx, inputs, output: None)
-        _NOOP.append(clone)
+        @torch.library.custom_op("fusedkat_bench::bare_rational_linear", mutates_args=())
+        def bare(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+            from fusedkat.ops import torch_impl
+
+            return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, "A")
+
+        bare.register_fake(lambda x, n, d, w, b: x.new_empty((*x.shape[:-1], w.shape[0])))
+        _NOOP.extend([clone, bare])
     return _NOOP[0]
 
 
@@ -52,7 +61,9 @@ def cases() -> dict[str, Callable[[], object]]:
     cpu = x.device
     ops = torch.ops.fusedkat
     clone = _noop_op()
+    bare = _NOOP[1]
     return {
+        "bare custom op around torch_impl (torch only)": lambda: bare(x, num, den, w, b),
         "x.clone() (raw)": lambda: x.clone(),
         "custom op clone (torch machinery only)": lambda: clone(x),
         "torch_impl.rational_linear_forward (raw)": lambda: torch_impl.rational_linear_forward(x, num, den, w, b, "A"),
