@@ -16,7 +16,7 @@ def test_plan_order_and_compositions():
     rows = gt.plan(["T", "S"], [64, 256], ["compiled", "eager"], list(gt.COMPOSITIONS))
     assert len(rows) == 2 * 2 * 2 * 4
     assert rows[0] == {"size": "T", "batch": 64, "mode": "compiled", "arch": "vit", "composition": None}
-    assert [r["composition"] for r in rows[1:4]] == ["cute_fused", "cute_unfused", "decomposed"]
+    assert [r["composition"] for r in rows[1:4]] == ["decomposed", "cute_unfused", "cute_fused"]
     assert rows[-1]["size"] == "S" and rows[-1]["batch"] == 256
 
 
