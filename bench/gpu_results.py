@@ -11,6 +11,7 @@ reported under ``missing`` instead of failing the summary):
 * ``kernel_bench.json`` (``python -m cutlass_kernels.benchmark``): as is;
 * ``host_overhead.txt`` (``python -m bench.host_overhead``): its summary lines;
 * ``device.txt``, ``build.json``;
+* ``goal_table.json`` (the ``goal`` phase, issue 21: ``python -m bench.goal_table``): as is;
 * ``bench_gemm_fwd_ws.json`` and ``clocks_fwdws.txt`` (the ``fwdws`` phase, issue 15): the benchmarks
   as above, the ``nvidia-smi`` SM clock lines before and after them.
 
@@ -98,7 +99,8 @@ def summarize(res: str, note: str = "") -> dict:
         out[key] = compact_benchmarks(data)
         out.setdefault("bench_machine", {
             k: data.get("machine_info", {}).get(k) for k in ("cpu", "python_version", "fusedkat")})
-    for key, name in (("kernel_bench", "kernel_bench.json"), ("build_check", "build.json")):
+    for key, name in (("kernel_bench", "kernel_bench.json"), ("build_check", "build.json"),
+                      ("goal_table", "goal_table.json")):
         data = _read_json(os.path.join(res, name))
         if data is not None:
             out[key] = data

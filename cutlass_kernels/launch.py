@@ -194,6 +194,12 @@ def _forward_route() -> tuple:
     return os.environ.get("FUSEDKAT_FUSED_FWD", ""), os.environ.get("FUSEDKAT_FWD_KERNEL", "")
 
 
+def _mkn(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int]:
+    """``(M, K, N)`` of ``linear(F(x), weight)``: rows of x (leading dims flattened), K, N."""
+    k = x.shape[-1]
+    return (x.numel() // k if k else 0, k, weight.shape[0])
+
+
 @checked(route=_forward_route)
 def rational_linear_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
@@ -204,7 +210,7 @@ def rational_linear_forward(
     the rational kernel then a torch (cuBLAS) matmul."""
     from .gemm import fwd_launch
 
-    if fwd_launch.enabled(x.device) and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
+    if fwd_launch.enabled(x.device, _mkn(x, weight)) and fwd_launch.unsupported_reason(x, numerator, denominator, weight, bias) is None:
         return fwd_launch.forward_unchecked(x, numerator, denominator, weight, bias, form)
     return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form), weight, bias)
 
@@ -225,7 +231,7 @@ def rational_linear_backward(
     # FUSEDKAT_FUSED_BWD forces them) and they take these arguments; else the unfused backward below.
     from .gemm import bwd_launch
 
-    if bwd_launch.enabled(x.device) and bwd_launch.unsupported_reason(grad_out, x, numerator, denominator, weight) is None:
+    if bwd_launch.enabled(x.device, _mkn(x, weight)) and bwd_launch.unsupported_reason(grad_out, x, numerator, denominator, weight) is None:
         return bwd_launch.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form)
     k, n_out = x.shape[-1], weight.shape[0]
     rows = torch_impl.rows_of(x)

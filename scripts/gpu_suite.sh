@@ -26,7 +26,10 @@
 #                   sm90, the _fid / _nomma diagnostics, GPU time by CUDA events, SM clocks logged);
 #                   bwdws (issue 16, ~6 min: tests/gpu/test_gemm_bwd.py -- sm90ws by default, the old
 #                   sm90 pair by FUSEDKAT_BWD_KERNEL=sm90 -- then bench_gemm_bwd's backward cases:
-#                   cuBLAS linear backward, unfused, sm90ws, sm90wspp, old sm90);
+#                   cuBLAS linear backward, unfused, sm90ws, sm90wspp, old sm90),
+#                   goal (issue 21, <= 8 min: bench.goal_table, KAT vs ViT T/S/B per composition CuTe fused /
+#                   unfused / decomposed, compiled / CUDA graphs / eager, batch 64 and 256, rows within
+#                   FUSEDKAT_GOAL_BUDGET s, then bench.profile_step's per-kernel-class split);
 #                   then bench.gpu_results folds everything into the results JSON.
 #
 # Environment: PYTHON (default: python3), FUSEDKAT_GPU_STAGE, OUT (device tool's output dir),
@@ -101,7 +104,7 @@ install() {
 
 out_copy() { [ -n "${OUT:-}" ] && cp "$@" "$OUT/" 2>/dev/null || true; }
 
-run_suite() {  # phases: any of build tests kbench gemm model (default: tests kbench gemm model); results merge across calls
+run_suite() {  # phases: any of build tests kbench gemm model host goal fwdws (default: tests kbench gemm model); results merge across calls
   local phases="${*:-tests kbench gemm model}"
   install
   pyenv
@@ -176,6 +179,16 @@ for p in sys.argv[1:-1]:
     out = {**d, 'benchmarks': out['benchmarks'] + d.get('benchmarks', [])}
 json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudagraphs}.json "$res/model_step.json" || true
         tail -5 "$res/model_step.txt" >&2; out_copy "$res/model_step.txt" ;;
+      goal)
+        # issue 21: KAT vs ViT per composition (CuTe fused / unfused / decomposed), compiled / CUDA graphs /
+        # eager, two batches, then the per-kernel-class profile; rows start only within the budget and the
+        # JSON is rewritten after each row, so the timeout keeps what was measured.  FUSEDKAT_GOAL_ARGS
+        # picks a subset for a second call (e.g. "--sizes S,B --modes cudagraphs").
+        log "issue 21: goal table (bench.goal_table)"; rc_model=0
+        (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_GOAL_TIMEOUT:-470}" "$PY" -m bench.goal_table \
+            --budget-s "${FUSEDKAT_GOAL_BUDGET:-400}" --profile ${FUSEDKAT_GOAL_ARGS:-} --json "$res/goal_table.json" \
+            > "$res/goal_table.txt" 2>&1) || rc_model=$?
+        grep -v "^W[0-9]" "$res/goal_table.txt" | tail -60 >&2; out_copy "$res/goal_table.txt" "$res/goal_table.json" ;;
       fwdws)
         rc_gemm=0; rc_tests=0
         nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv > "$res/clocks_fwdws.txt" 2>&1 || true

@@ -92,11 +92,14 @@ def test_info_reports_the_gemm_paths_where_the_kernels_run():
          "apache_tvm_ffi": "0.1.15",
          "device": {"type": "cuda", "name": "NVIDIA H100", "capability": "sm_90", "memory_bytes": 80 * 2**30},
          "ops": {"rational_linear_forward": {"backend": "cute", "why_not_cute": None}},
-         "rational_linear_gemms": {"forward": "unfused", "backward": "unfused"},
+         "rational_linear_gemms": {"forward": "unfused", "backward": "unfused",
+                                   "forward_source": "measured on H100 2026-11-22",
+                                   "backward_source": "forced by FUSEDKAT_FUSED_BWD"},
          "kernel_cache": {"path": "/c", "exists": False}}
     text = format_info(d)
     assert "kernel launches     TVM-FFI (FUSEDKAT_TVM_FFI; apache-tvm-ffi 0.1.15)" in text
-    assert "rational_linear     forward unfused (FUSEDKAT_FUSED_FWD), backward unfused (FUSEDKAT_FUSED_BWD)" in text
+    assert ("rational_linear     forward unfused (measured on H100 2026-11-22), "
+            "backward unfused (forced by FUSEDKAT_FUSED_BWD)") in text
     assert "NVIDIA H100 (sm_90, 80.0 GiB)" in text
 
 

@@ -125,15 +125,15 @@ def test_unsupported_reason_on_cpu_tensors():
 
 
 def test_fused_forward_policy_follows_the_env_and_the_measured_arch_default(monkeypatch):
-    """Unset/auto: unfused on sm_90 (the H100 measured the fused kernel slower in GPU and host time,
-    bench/results/), fused on sm_80-89 and for a device of None; 1/0 force it; anything else is an
-    error.  The capability query is replaced because this runs without a GPU."""
+    """Unset/auto: the decision table (cutlass_kernels.decisions) at the KAT-B shape: unfused on
+    sm_90 (measured), unfused on sm_80/86 (cost model), fused for a device of None; 1/0 force it;
+    anything else is an error.  The capability query is replaced because this runs without a GPU."""
     from cutlass_kernels import abi
 
     cuda0 = torch.device("cuda", 0)
     monkeypatch.delenv(fwd_launch.ENV_FUSED_FWD, raising=False)
     assert fwd_launch.enabled() is True
-    for cap, fused in (((9, 0), False), ((8, 0), True), ((8, 6), True)):
+    for cap, fused in (((9, 0), False), ((8, 0), False), ((8, 6), False)):
         monkeypatch.setattr(abi, "device_info", lambda device, cap=cap: (cap, 132))
         for value in (None, "auto", " AUTO "):
             if value is None:

@@ -38,16 +38,19 @@ _AB = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 ENV_FUSED_BWD = "FUSEDKAT_FUSED_BWD"
 
 
-def enabled(device: Optional[torch.device] = None) -> bool:
-    """Whether ``rational_linear``'s CUDA backward uses the fused dgrad/wgrad GEMMs (read per call).
+def enabled(device: Optional[torch.device] = None, shape: Optional[tuple[int, int, int]] = None) -> bool:
+    """Whether ``rational_linear``'s CUDA backward uses the fused dgrad/wgrad GEMMs at ``shape =
+    (M, K, N)`` (read per call).
 
-    ``FUSEDKAT_FUSED_BWD=1`` / ``0`` forces them on / off.  Unset or ``auto``: off on sm_90, where the
-    H100 run of 2026-11-22 (``bench/results/``) measured the unfused backward (then five kernels:
-    cuBLAS GEMMs, the elementwise CuTe kernels, F(x) recomputed) 1.04-2.25x faster than the fused
-    one at all six KAT MLP shapes at batch 128, at the cost of transient [M, K] buffers; it is three
-    kernels now (``launch._unfused_backward``).  On elsewhere (sm_80/86/89: not measured yet).
+    ``FUSEDKAT_FUSED_BWD=1`` / ``0`` forces them on / off.  Unset or ``auto``: the decision table
+    (:mod:`cutlass_kernels.decisions`): measured on sm_90, where the H100 run of 2026-11-22
+    (``bench/results/``) profiled 1392 us of GPU time for the fused backward against 459 us for the
+    unfused one at KAT-B fc1 (and the wall-time medians favour unfused at all six KAT shapes); the
+    cost model elsewhere (sm_80-89: unfused at the KAT shapes).
     """
-    return abi.arch_switch(ENV_FUSED_BWD, device, off_on_majors=(9,))
+    from .. import decisions
+
+    return decisions.fused_enabled(ENV_FUSED_BWD, device, "backward", shape)
 
 
 def unsupported_reason(grad_out: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor,

@@ -51,19 +51,20 @@ _TUNED: dict[str, dict] = {}
 _TUNE_LOCK = threading.Lock()
 
 
-def enabled(device: Optional[torch.device] = None) -> bool:
-    """Whether ``rational_linear``'s CUDA forward uses the fused GEMM (read per call).
+def enabled(device: Optional[torch.device] = None, shape: Optional[tuple[int, int, int]] = None) -> bool:
+    """Whether ``rational_linear``'s CUDA forward uses the fused GEMM at ``shape = (M, K, N)`` (read
+    per call).
 
-    ``FUSEDKAT_FUSED_FWD=1`` / ``0`` forces it on / off.  Unset or ``auto``: off on sm_90, on
-    elsewhere (sm_80/86/89: not measured yet).  Why off on Hopper: the H100 run of 2026-11-22
-    (``bench/results/``, run 7) measured, at 25216 x 768 -> 3072, 370 us of GPU time for the fused
-    kernel against 171 + 30 us for cuBLAS plus the elementwise rational kernel, and 99 us of host
-    time per call against 18 + 50 us.  The prologue is ALU-bound: F costs ~15 FP32/ALU
-    instructions per element and is recomputed for every N tile, which at a 256-wide tile is as
-    much issue time as the tile's WGMMAs; the kernel does not yet hide one behind the other (see
-    the cutlass_kernels README, "Cost model of the fused prologue").
+    ``FUSEDKAT_FUSED_FWD=1`` / ``0`` forces it on / off.  Unset or ``auto``: the decision table
+    (:mod:`cutlass_kernels.decisions`): measured on sm_90 (the H100 run of 2026-11-22 profiled, at
+    25216 x 768 -> 3072, 370 us of GPU time for the fused kernel against 171 + 30 us for cuBLAS plus
+    the elementwise rational kernel: unfused), the cost model elsewhere (sm_80-89: unfused at the
+    KAT shapes).  The prologue is ALU-bound: F costs ~15 FP32/ALU instructions per element and is
+    recomputed for every N tile (the cutlass_kernels README, "Cost model of the fused prologue").
     """
-    return abi.arch_switch(ENV_FUSED_FWD, device, off_on_majors=(9,))
+    from .. import decisions
+
+    return decisions.fused_enabled(ENV_FUSED_FWD, device, "forward", shape)
 
 
 def hopper_kernel() -> str:

@@ -71,22 +71,39 @@ def _ops_dispatch(device: torch.device) -> dict:
 
 def _gemm_paths(device: torch.device, ops: dict) -> Optional[dict]:
     """On a GPU where rational_linear runs CuTe kernels: whether its forward and backward use the
-    fused GEMMs or the unfused pair (FUSEDKAT_FUSED_FWD / FUSEDKAT_FUSED_BWD, arch defaults)."""
+    fused GEMMs or the unfused pair at the KAT-B fc1 shape, and why (FUSEDKAT_FUSED_FWD /
+    FUSEDKAT_FUSED_BWD forcing it, else the decision table's source)."""
     if device.type != "cuda" or ops["rational_linear_forward"]["backend"] != "cute":
         return None
+    from cutlass_kernels import abi, decisions
     from cutlass_kernels.gemm import bwd_launch, fwd_launch
 
     paths = {}
-    for name, module in (("forward", fwd_launch), ("backward", bwd_launch)):
+    for name, module, env in (("forward", fwd_launch, fwd_launch.ENV_FUSED_FWD),
+                              ("backward", bwd_launch, bwd_launch.ENV_FUSED_BWD)):
         try:
-            paths[name] = "fused" if module.enabled(device) else "unfused"
+            paths[name] = "fused" if module.enabled(device, decisions.DEFAULT_SHAPE) else "unfused"
             if name == "forward" and paths[name] == "fused" and fwd_launch.kernel_arch(device) == "sm_90a":
                 paths[name] += f" {fwd_launch.hopper_kernel()}"  # which WGMMA kernel (FUSEDKAT_FWD_KERNEL)
             if name == "backward" and paths[name] == "fused":
                 paths[name] += f" {bwd_launch.bwd_kernel(device)}"  # which kernel (FUSEDKAT_BWD_KERNEL)
+            arch = decisions._arch_of(abi.device_info(device)[0])
+            paths[f"{name}_source"] = (f"forced by {env}" if abi.forced(env) is not None
+                                       else decisions.choose(arch, name, decisions.DEFAULT_SHAPE)[1]
+                                       if arch in decisions.ARCHES else f"{arch}: not in the table")
         except ValueError as e:  # a bad FUSEDKAT_FUSED_FWD / _BWD / FWD_KERNEL / BWD_KERNEL: report it
             paths[name] = f"error: {e}"
     return paths
+
+
+def _decision_table() -> dict:
+    """``{arch: [{op, class, path, source}]}``: what ``auto`` picks per arch (cutlass_kernels.decisions)."""
+    try:
+        from cutlass_kernels import decisions
+
+        return {arch: decisions.rows(arch) for arch in decisions.ARCHES}
+    except Exception as e:  # a broken table must not crash `info`
+        return {"error": str(e)}
 
 
 def _calling_convention() -> str:
@@ -126,6 +143,7 @@ def collect() -> dict:
         "backend_requested": os.environ.get("FUSEDKAT_BACKEND", "auto"),
         "ops": (ops := _ops_dispatch(device)),
         "rational_linear_gemms": _gemm_paths(device, ops),
+        "gemm_decision_table": _decision_table(),
         "kernel_cache": _kernel_cache(),
     }
 
@@ -152,8 +170,19 @@ def format_info(d: dict) -> str:
         lines.append(f"  {op:<26}{v['backend']}{why}")
     if d.get("rational_linear_gemms"):
         g = d["rational_linear_gemms"]
-        lines.append(f"rational_linear     forward {g['forward']} (FUSEDKAT_FUSED_FWD), "
-                     f"backward {g['backward']} (FUSEDKAT_FUSED_BWD)")
+        lines.append(f"rational_linear     forward {g['forward']} ({g.get('forward_source', 'FUSEDKAT_FUSED_FWD')}), "
+                     f"backward {g['backward']} ({g.get('backward_source', 'FUSEDKAT_FUSED_BWD')})")
+    table = d.get("gemm_decision_table")
+    if table:
+        lines.append("fused GEMM in auto  per arch, op and shape class at K=768, N=3072 (large: M >= 4096 rows; "
+                     "FUSEDKAT_FUSED_FWD/BWD=1/0 force):")
+        for arch, rows in table.items():
+            if arch == "error":
+                lines.append(f"  error: {rows}")
+                continue
+            for op in ("forward", "backward"):
+                cells = ", ".join(f"{r['class']} {r['path']} ({r['source']})" for r in rows if r["op"] == op)
+                lines.append(f"  {arch:<7} {op:<9}{cells}")
     kc = d["kernel_cache"]
     if kc.get("path") is None:
         lines.append(f"kernel cache        unavailable ({kc.get('error')})")

@@ -107,7 +107,7 @@ def cute_unavailable_reason(device: torch.device, op: str) -> Optional[str]:
 def choose(device: torch.device, op: str) -> str:
     """Resolve the backend for ``op`` on ``device``: returns ``"torch"`` or ``"cute"``."""
     req = requested_backend()
-    if req == "torch":
+    if req == "torch" or (req == "auto" and device.type != "cuda"):  # the common CPU case: no reason string
         return "torch"
     reason = cute_unavailable_reason(device, op)
     if reason is None:

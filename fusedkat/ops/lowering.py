@@ -58,6 +58,9 @@ def _keep_opaque() -> Any:
             make_fallback(op, layout_constraint=tag_to_layout_constraint(get_layout_constraint_tag(op)),
                           warn=False, override_decomp=True)
         _fallbacks_registered = True
+        from . import autotune
+
+        autotune.register()  # max-autotune may then pick the decomposition instead (a no-op where absent)
     return NotImplemented
 
 

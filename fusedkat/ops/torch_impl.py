@@ -72,6 +72,17 @@ def _all(ok: torch.Tensor) -> bool:
     return bool(ok.all())
 
 
+def _group_sum(term: torch.Tensor) -> torch.Tensor:
+    """``[M, g, K/g] -> (g,)``: the sum over every element of each group.  On CPU the rows are
+    summed first (contiguous, vectorised over K) and then each group's K/g columns: inductor's
+    generated code for that order ran the compiled GR-KAN backward at KAT-T's shape (1576 x 768,
+    g = 8) in 9.1 ms against 15.3 ms for one strided reduction over dims (0, 2) (2 threads; issue
+    21).  Other devices keep the single reduction (not measured there)."""
+    if term.device.type == "cpu":
+        return term.sum(dim=0).sum(dim=-1)
+    return term.sum(dim=(0, 2))
+
+
 def group_rational_forward(
     x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str, branchless: bool = False
 ) -> torch.Tensor:
@@ -121,10 +132,10 @@ def group_rational_backward(
 
     dx = (gg * t.dfdx).to(x.dtype).reshape(x.shape).contiguous()
     # dF/da_i and dF/db_j: sums over every element of a group of grad * (the per-element factor)
-    d_num_t = torch.stack([(gg * w).sum(dim=(0, 2)) for w in t.num_grad], dim=1)  # (g, m+1)
+    d_num_t = torch.stack([_group_sum(gg * w) for w in t.num_grad], dim=1)  # (g, m+1)
     if numerator.shape[0] == 1:
         d_num_t = d_num_t.sum(dim=0, keepdim=True)
-    d_den = [(gg * v).sum(dim=(0, 2)) for v in t.den_grad]
+    d_den = [_group_sum(gg * v) for v in t.den_grad]
     if t.den_sign is not None:  # form A: sgn(b_j), constant per group, applied to the sums
         d_den = [d * s.reshape(-1) for d, s in zip(d_den, t.den_sign)]
     d_den_t = torch.stack(d_den, dim=1)  # (g, n)

@@ -5,8 +5,7 @@ under ``torch.compile`` (on fake tensors) and on every device, with a message na
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -15,9 +14,9 @@ from .rational_math import check_form
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@dataclass(frozen=True)
-class RationalShape:
-    """What the coefficient shapes say: groups g, degrees m/n, numerator rows (1 or g)."""
+class RationalShape(NamedTuple):
+    """What the coefficient shapes say: groups g, degrees m/n, numerator rows (1 or g).  A
+    NamedTuple: built on every op call, ~5x cheaper than a frozen dataclass."""
 
     groups: int
     m: int
@@ -70,13 +69,12 @@ def check_rational_args(
             f"the last dim of x (K={k}, x shape {tuple(x.shape)}) is not divisible by the number of "
             f"groups g={g} (denominator shape {tuple(denominator.shape)})"
         )
-    devices = {x.device, numerator.device, denominator.device}
-    if len(devices) != 1:
+    if not (x.device == numerator.device == denominator.device):
         raise ValueError(
             f"x ({x.device}), numerator ({numerator.device}) and denominator ({denominator.device}) "
             f"must be on the same device"
         )
-    return RationalShape(groups=int(g), m=int(m1) - 1, n=int(n), numerator_rows=int(rows))
+    return RationalShape(g, m1 - 1, n, rows)  # torch.Size entries are ints already
 
 
 def check_linear_args(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
