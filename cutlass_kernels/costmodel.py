@@ -139,7 +139,7 @@ DEFAULT_SLOTS = SassInputs(
     wgrad_loop=Slots(992, 736, 194, 768), wgrad_producer=Slots(59, 0, 16, 0), wgrad_tile=Slots(370, 66, 188, 8),
     f_body=27.0312, fwd_epilogue=6.95312, ew_fwd=32.125, ew_bwd=84.75, ew_bwdf=88.0625,
     ws_slots=14.875, source="stored SASS counts of today's kernels (DEFAULT_SLOTS)",
-    ws_dgrad_epi=5732 / 64, ws_dgrad_pp_epi=5654 / 64)
+    ws_dgrad_epi=89.4844, ws_dgrad_pp_epi=88.25)
 #: The elementwise variants profiled (the launcher's pick for bf16, K/g a multiple of 8).
 EW_VARIANTS = ("group_rational_fwd_bf16_A_v8", "group_rational_bwd_bf16_A_v8", "group_rational_bwdf_bf16_A_v8")
 

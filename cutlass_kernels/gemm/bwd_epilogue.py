@@ -137,11 +137,14 @@ def load_coefficients(mNum: cute.Tensor, mDen: cute.Tensor, group, m: cutlass.Co
 def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: cute.Tensor,
                    mWs: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor, group_size: cutlass.Int32,
                    ws_row, lane, groups: cutlass.Constexpr, form: cutlass.Constexpr, m: cutlass.Constexpr,
-                   n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr, tCgF=None, chunk_group=None):
+                   n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr, tCgF=None, chunk_group=None,
+                   guard: cutlass.Constexpr = True):
     """See the module docstring; ``groups`` from :func:`chunk_groups`.  ``tCgF`` (optional, the
     accumulator's partition of an ``[M, K]`` view in x's dtype): F(x) is stored there too.
     ``chunk_group`` (optional, one Int32 per entry of ``groups``): the chunks' coefficient groups,
-    computed by the caller without division (else ``chunk_col // group_size`` here)."""
+    computed by the caller without division (else ``chunk_col // group_size`` here).  ``guard``
+    (default): the large-|x| exact evaluation of ``rational_math.grad_terms``; ``False`` evaluates
+    directly (``grad_terms_direct``: inf/NaN for |x| where x^m overflows fp32)."""
     P = m + 1 + n
     rows = mC.shape[0]
     cols = mC.shape[1]
@@ -153,7 +156,7 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
         for gi in cutlass.range_constexpr(b0, b0 + nb):
             sums, chunk_col = _chunk_sums(acc, tCcC, tCgX, mNum, mDen, group_size, rows, cols, last_group,
                                           groups[gi], form, m, n, shared_numerator, tCgF,
-                                          None if chunk_group is None else chunk_group[gi])
+                                          None if chunk_group is None else chunk_group[gi], guard)
             flat = flat + sums
             chunk_cols.append(chunk_col)
         vals, base, rest = reduce_scatter(flat, lane, DslWarpOps)
@@ -172,7 +175,7 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
 def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
                 group_size, rows, cols, last_group, idx: cutlass.Constexpr, form: cutlass.Constexpr,
                 m: cutlass.Constexpr, n: cutlass.Constexpr, shared_numerator: cutlass.Constexpr, tCgF=None,
-                group=None):
+                group=None, guard: cutlass.Constexpr = True):
     """acc[idx] <- G * F'(x) for the values of one chunk (and F(x) -> ``tCgF`` if given); returns (this lane's sums of
     G * dF/d(a_0..a_m, b_1..b_n), the chunk's first column)."""
     P = m + 1 + n
@@ -191,7 +194,10 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
         if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
             x = tCgX[i].to(cutlass.Float32)
         g = acc[i]
-        t = rm.grad_terms(a, b, x, form, DslMath)
+        if cutlass.const_expr(guard):
+            t = rm.grad_terms(a, b, x, form, DslMath)
+        else:
+            t = rm.grad_terms_direct(a, b, x, form, DslMath)[0]
         if cutlass.const_expr(tCgF is not None):
             if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
                 tCgF[i] = t.f.to(tCgF.element_type)
