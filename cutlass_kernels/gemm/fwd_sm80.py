@@ -229,11 +229,9 @@ class RationalGemmFwdSm80:
                 cute.autovec_copy(vec, frag)
                 col = tAcA[0, r, kk, k_idx][1]
                 a, b = coef_set(sCoef, cutlass.min(col // group_size, last_group), cfg.m, cfg.n)
-                # one large-|x| test per vector (rational_math.forward_many), not per element
-                fs = rm.forward_many(a, b, [frag[v].to(cutlass.Float32) for v in range(cute.size(frag))],
-                                     cfg.form, DslMath)
                 for v in range(cute.size(frag)):
-                    frag[v] = fs[v].to(self.dtype)
+                    x = frag[v].to(cutlass.Float32)
+                    frag[v] = rm.forward(a, b, x, cfg.form, DslMath).to(self.dtype)
                 cute.autovec_copy(frag, vec)
 
     def _transform(self, tCrA, kb: int, col0, chunks, sCoef, group_size, last_group):
