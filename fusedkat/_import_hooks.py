@@ -32,21 +32,21 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         with _lock:
             if fullname not in _pending:
                 return None
-            callbacks = _pending.pop(fullname)
-            if not _pending:
-                _remove_finder()
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            for cb in callbacks:  # cannot wrap this loader: leave the callbacks for a later call
-                _pending.setdefault(fullname, []).append(cb)
-            _ensure_finder()
-            return spec
+            return spec  # cannot wrap this loader: the callbacks wait for a later import
         original = spec.loader.exec_module
 
         def exec_module(module):
             original(module)
             # The module body is complete: make it importable by name, then run the callbacks.
+            # They are taken here, not in find_spec: ``importlib.util.find_spec("timm")`` (which
+            # transformers calls to probe for timm) asks for a spec without importing anything.
             sys.modules.setdefault(fullname, module)
+            with _lock:
+                callbacks = _pending.pop(fullname, [])
+                if not _pending:
+                    _remove_finder()
             for cb in callbacks:
                 cb()
 

@@ -45,7 +45,10 @@ def test_cli_help_and_usage_errors_load_nothing_heavy(argv):
     assert not loaded["torch"], loaded  # argparse alone: not even torch
 
 
-@pytest.mark.parametrize("order", ["import fusedkat, timm", "import timm, fusedkat", "import timm\nimport torch\nimport fusedkat"])
+@pytest.mark.parametrize("order", ["import fusedkat, timm", "import timm, fusedkat", "import timm\nimport torch\nimport fusedkat",
+                                   # a spec lookup without an import (transformers probes for timm so)
+                                   # must not use up the registration
+                                   "import fusedkat, importlib.util\nimportlib.util.find_spec('timm')\nimport timm"])
 def test_kat_models_registered_in_timm_in_either_import_order(order):
     out = _py(order + "\nimport json\n"
               "m = timm.create_model('kat_tiny_patch16_224', num_classes=3)\n"

@@ -10,12 +10,15 @@ import importlib
 from typing import Any
 
 from .checkpoint import KATCheckpointError, checkpoint_format, validate_state_dict
+# eager (torch, fusedkat.nn and fusedkat.init only; no timm): the *function* ``kanify`` must own
+# this package's ``kanify`` attribute, which importing the submodule ``.kanify`` would otherwise
+# take over, whatever imports it first
+from .kanify import KanifyReport, kanify
 
 _LAZY = {
     "KAT": "kat", "MODEL_CONFIGS": "kat", "checkpoint_filter_fn": "kat",
     "vit_to_kat": "convert", "activation_target": "convert",
     "mimetic_init_": "mimetic", "ortho_like": "mimetic",
-    "kanify": "kanify", "KanifyReport": "kanify",
 }
 
 __all__ = ["KAT", "MODEL_CONFIGS", "KATCheckpointError", "checkpoint_format", "validate_state_dict",
@@ -26,10 +29,7 @@ __all__ = ["KAT", "MODEL_CONFIGS", "KATCheckpointError", "checkpoint_format", "v
 def __getattr__(name: str) -> Any:
     """Import ``.kat`` / ``.convert`` / ``.mimetic`` on first use of one of their names (PEP 562)."""
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        # importing ``.kanify`` binds the *module* to this package's ``kanify``; the function wins
-        globals()[name] = value
-        return value
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name in ("kat", "convert", "mimetic"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

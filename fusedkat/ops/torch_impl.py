@@ -69,6 +69,19 @@ def _coefficient_columns(coeffs: torch.Tensor, dtype: torch.dtype) -> list[torch
 
 
 def _all(ok: torch.Tensor) -> bool:
+    """True if every element of ``ok`` is; eagerly only.  While a graph is traced (torch.compile,
+    torch.export, fake tensors) the answer is data-dependent, so it is False: the caller then takes
+    the branchless ``where`` path, which is right for every input (torch 2.11's export raised
+    GuardOnDataDependentSymNode on ``bool(ok.all())``)."""
+    compiler = getattr(torch, "compiler", None)
+    for probe in ("is_compiling", "is_exporting"):
+        fn = getattr(compiler, probe, None)
+        if fn is not None and fn():
+            return False
+    from torch._guards import detect_fake_mode
+
+    if detect_fake_mode((ok,)) is not None:
+        return False
     return bool(ok.all())
 
 
