@@ -45,6 +45,9 @@ def available() -> bool:
 
     try:
         from torch._inductor.kernel.custom_op import CustomOpConfig, register_custom_op_autotuning  # noqa: F401
+        # where the registration lands (torch 2.11 has the function with this signature, but
+        # no user lowerings table, and its max-autotune never benchmarked our candidates)
+        from torch._inductor.lowering import user_lowerings  # noqa: F401
     except ImportError:
         return False
     return "config_generator" in inspect.signature(register_custom_op_autotuning).parameters
