@@ -55,10 +55,13 @@ def test_fused_forward_compiles_to_tensor_core_code_without_spills(name, arch, m
     # (3 k-blocks x 16 values per thread on sm_80, 2 x 16 smem values with the smem prologue, 4 x 8
     # on sm_90a) -- a prologue whose result is
     # overwritten before the MMA would be dead code and vanish from here -- and Horner's FFMAs
-    # (5 numerator + 3 denominator per value at degrees 5/4)
+    # (5 numerator + 3 denominator per value at degrees 5/4).  The large-|x| exact path adds its
+    # own reciprocals (and fewer FFMAs each), so the FFMA floor is per transformed value, not per
+    # MUFU.RCP.
+    values = 32 if mma == "HGMMA" or name.endswith("_smem") else 48
     rcp = _count(full, "MUFU.RCP")
-    assert rcp >= (32 if mma == "HGMMA" or name.endswith("_smem") else 48)
-    assert _count(full, "FFMA") >= 8 * rcp * 0.9
+    assert rcp >= values
+    assert _count(full, "FFMA") >= 8 * values
 
 
 def test_registry_entries():
