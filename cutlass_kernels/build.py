@@ -53,15 +53,19 @@ def _build_entry(variant: Variant, arch: str, out_dir: Path) -> dict:
         (out_dir / "kernel.ptx").write_text(ptx)
     info = sass.inspect_cubin(cubin_path)
     if variant.role_check:
-        info["roles"] = _roles(cubin_path)
+        info["roles"] = _roles(cubin_path, variant)
     info.update(seconds=round(seconds, 3), kernel=variant.name, arch=arch, dsl_version=dsl_version())
     return info
 
 
-def _roles(cubin: Path) -> dict[str, dict[str, int]]:
+def _roles(cubin: Path, variant: Variant) -> dict[str, dict[str, int]]:
+    import importlib
+
     from . import sass
 
-    return {role: dict(sorted(c.items())) for role, c in sass.role_counts(sass.sass_text(cubin)).items()}
+    mod, fn = variant.role_counter.split(":")
+    counts = getattr(importlib.import_module(mod), fn)(sass.sass_text(cubin))
+    return {role: dict(sorted(c.items())) for role, c in counts.items()}
 
 
 def cache_key(variant: Variant, arch: str) -> str:
@@ -84,7 +88,7 @@ def build_one(variant: Variant, arch: str, cache_dir: Optional[str]) -> dict:
         else:
             entry, meta, hit = CompileCache(cache_dir).get_or_build(key, lambda d: _build_entry(variant, arch, d))
             if variant.role_check and "roles" not in meta:  # an entry built before the role check
-                meta = {**meta, "roles": _roles(entry / "kernel.cubin")}
+                meta = {**meta, "roles": _roles(entry / "kernel.cubin", variant)}
         row.update(registers=meta["registers"], spills=meta["spills"], sass=meta["sass"],
                    sass_full=meta["sass_full"], seconds=meta["seconds"], cached=hit)
         if meta["spills"]:

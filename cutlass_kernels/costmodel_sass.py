@@ -209,8 +209,21 @@ def variant_sass(name: str, arch: str = "sm_90a", cache_dir: Optional[str] = Non
     return sass.sass_text(Path(entry) / "kernel.cubin")
 
 
+def elementwise_loops(instrs: list[Instr]) -> list[tuple[int, int]]:
+    """The loops of an elementwise rational kernel that evaluate F, in address order: the hot pass
+    first, then the exact pass that only threads which met a huge |x| run
+    (``cutlass_kernels.rational_elementwise``); ValueError if there is none.  A loop evaluates F
+    if it holds an unpredicated ``MUFU.RCP``."""
+    found = [lp for lp in loops(instrs)
+             if any(instrs[j].op.startswith("MUFU.RCP") and not instrs[j].predicated for j in range(lp[0], lp[1] + 1))]
+    if not found:
+        raise ValueError("no loop with an unpredicated MUFU.RCP: not an elementwise rational kernel")
+    return sorted(found)
+
+
 def elementwise_slots(sass: str) -> float:
-    """Issue slots per element of an elementwise kernel's main loop, on the path every element takes.
+    """Issue slots per element of an elementwise kernel's hot loop (the first of
+    :func:`elementwise_loops`), on the path every element takes.
 
     Elements are counted by their reciprocal: one unpredicated ``MUFU.RCP`` each.  The large-|x|
     exact path of ``rational_math`` is left out where it is a real branch (its blocks, found by
@@ -221,7 +234,7 @@ def elementwise_slots(sass: str) -> float:
     from . import sass as _sass
 
     instrs = parse(sass)
-    lo, hi = main_loop(instrs)
+    lo, hi = elementwise_loops(instrs)[0]
     body = [(ins.addr, ins.predicated, ins.op, ins.operands) for ins in instrs[lo:hi + 1]]
     cold = _sass.rescue_blocks(body)
     hot = [b for i, b in enumerate(body) if i not in cold]

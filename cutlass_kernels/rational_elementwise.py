@@ -148,33 +148,54 @@ def _kernels() -> Any:
         @cute.kernel
         def kernel(self, mX: cute.Tensor, mY: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor,
                    total: Int32, kvecs: Int32, kvg: Int32, num_step: Int32, nthreads: Int32):
-            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
             tidx, _, _ = cute.arch.thread_idx()
             bidx, _, _ = cute.arch.block_idx()
             t = bidx * self.cfg.threads + tidx
             if t < nthreads:
-                a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
-                for base in cutlass.range(t, total, nthreads * U):
-                    # load U vectors first (bytes in flight), then compute and store
-                    xs = []
-                    for u in cutlass.range_constexpr(U):
-                        frag = cute.make_rmem_tensor((1, V), mX.element_type)
-                        frag.fill(0)
-                        v = base + u * nthreads
-                        if v < total:
-                            cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), frag)
-                        xs.append(frag)
-                    for u in cutlass.range_constexpr(U):
-                        xv = xs[u].load().to(Float32)
-                        out = cute.make_rmem_tensor((1, V), Float32)
-                        # one large-|x| test per vector (rational_math.forward_many), voted per warp
-                        # (every lane computes here; only the loads and stores are guarded)
-                        fs = rm.forward_many(a, b, [xv[0, i] for i in range(V)], form, DslMath, warp_uniform=True)
-                        for i in cutlass.range_constexpr(V):
-                            out[0, i] = fs[i]
-                        v = base + u * nthreads
-                        if v < total:
-                            cute.local_tile(mY, (1, V), (v, 0)).store(out.load().to(mY.element_type))
+                # hot pass: F by Horner on x, one large-|x| flag per vector
+                # (rational_math.forward_many_direct); a vector that fails it is stored wrong here ...
+                bad = self.sweep(mX, mY, mNum, mDen, t, total, kvecs, kvg, num_step, nthreads, False)
+                # ... and stored again, exactly, by a second pass that only threads which met such a
+                # vector run.  A separate loop: ptxas cannot if-convert the exact path into the hot
+                # loop (a branch inside it was predicated, +15-19 slots per element)
+                if bad != Int32(0):
+                    self.sweep(mX, mY, mNum, mDen, t, total, kvecs, kvg, num_step, nthreads, True)
+
+        @cute.jit
+        def sweep(self, mX: cute.Tensor, mY: cute.Tensor, mNum: cute.Tensor, mDen: cute.Tensor, t: Int32,
+                  total: Int32, kvecs: Int32, kvg: Int32, num_step: Int32, nthreads: Int32,
+                  exact: cutlass.Constexpr):
+            """F over thread ``t``'s vectors ``t, t + S, ...`` into mY.  ``exact=False``: direct
+            values, returns 1 if some vector needs the exact path (else 0); ``exact=True``: every
+            vector by ``rational_math.forward_many`` (exact wherever the true value is finite)."""
+            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
+            a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
+            bad = Int32(0)
+            for base in cutlass.range(t, total, nthreads * U):
+                # load U vectors first (bytes in flight), then compute and store
+                xs = []
+                for u in cutlass.range_constexpr(U):
+                    frag = cute.make_rmem_tensor((1, V), mX.element_type)
+                    frag.fill(0)
+                    v = base + u * nthreads
+                    if v < total:
+                        cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), frag)
+                    xs.append(frag)
+                for u in cutlass.range_constexpr(U):
+                    xv = xs[u].load().to(Float32)
+                    vals = [xv[0, i] for i in range(V)]
+                    out = cute.make_rmem_tensor((1, V), Float32)
+                    if cutlass.const_expr(exact):
+                        fs = rm.forward_many(a, b, vals, form, DslMath)
+                    else:
+                        fs, ok = rm.forward_many_direct(a, b, vals, form, DslMath)
+                        bad = Int32(cutlass.select_(ok, bad, Int32(1)))
+                    for i in cutlass.range_constexpr(V):
+                        out[0, i] = fs[i]
+                    v = base + u * nthreads
+                    if v < total:
+                        cute.local_tile(mY, (1, V), (v, 0)).store(out.load().to(mY.element_type))
+            return bad
 
     class Backward(_Common):
         @cute.jit
@@ -204,53 +225,25 @@ def _kernels() -> Any:
         def kernel(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mF: cute.Tensor, mPart: cute.Tensor,
                    mNum: cute.Tensor, mDen: cute.Tensor, total: Int32, kvecs: Int32, kvg: Int32,
                    num_step: Int32, nthreads: Int32, f_row_vecs: Int32, tail: Int32):
-            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
-            emit_f = self.cfg.emit_f
             m1, n = self.cfg.m + 1, self.cfg.n
             tidx, _, _ = cute.arch.thread_idx()
             bidx, _, _ = cute.arch.block_idx()
             t = bidx * self.cfg.threads + tidx
             if t < nthreads:
-                a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
                 acc = cute.make_rmem_tensor((m1 + n,), Float32)
                 acc.fill(0.0)
-                # F's vector index for vector v = t + j*S is fvec + j*fstep: the row of v is
-                # t/kvecs + j*S/kvecs (S is a multiple of kvecs), F's rows are f_row_vecs apart.
-                # Carried through the loop: no division per vector.
-                fvec = t + (t // kvecs) * (f_row_vecs - kvecs)
-                fstep = (nthreads // kvecs) * f_row_vecs
-                for base in cutlass.range(t, total, nthreads * U):
-                    xs, gs = [], []
-                    for u in cutlass.range_constexpr(U):
-                        fx = cute.make_rmem_tensor((1, V), mX.element_type)
-                        fg = cute.make_rmem_tensor((1, V), mG.element_type)
-                        fx.fill(0)
-                        fg.fill(0)  # masked vectors contribute grad 0 to the partial sums
-                        v = base + u * nthreads
-                        if v < total:
-                            cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), fx)
-                            cute.autovec_copy(cute.local_tile(mG, (1, V), (v, 0)), fg)
-                        xs.append(fx)
-                        gs.append(fg)
-                    for u in cutlass.range_constexpr(U):
-                        xv = xs[u].load().to(Float32)
-                        gv = gs[u].load().to(Float32)
-                        dx = cute.make_rmem_tensor((1, V), Float32)
-                        # F in the output dtype as it is computed: packed, half the registers
-                        fv = cute.make_rmem_tensor((1, V), mF.element_type)
-                        for i in cutlass.range_constexpr(V):
-                            x = xv[0, i]
-                            g = gv[0, i]
-                            d, f = _accumulate_gradients(acc, a, b, x, g, form, DslMath)
-                            dx[0, i] = d
-                            fv[0, i] = f.to(mF.element_type)
-                        v = base + u * nthreads
-                        if v < total:
-                            cute.local_tile(mDX, (1, V), (v, 0)).store(dx.load().to(mDX.element_type))
-                            if cutlass.const_expr(emit_f):
-                                cute.local_tile(mF, (1, V), (fvec + u * fstep, 0)).store(fv.load())
-                    fvec = fvec + U * fstep
-                if cutlass.const_expr(emit_f):
+                # hot pass: direct terms, one large-|x| flag per vector (rational_math.
+                # grad_terms_many_direct).  A thread that met a failing vector has inf/NaN in acc and
+                # wrong dx / F(x) there: it does its whole share again, exactly, in a second pass
+                # (a separate loop, so ptxas cannot predicate the exact path into the hot one, as it
+                # did a branch inside it: +30-40 slots per element)
+                bad = self.sweep(mG, mX, mDX, mF, acc, mNum, mDen, t, total, kvecs, kvg, num_step, nthreads,
+                                 f_row_vecs, False)
+                if bad != Int32(0):
+                    acc.fill(0.0)
+                    self.sweep(mG, mX, mDX, mF, acc, mNum, mDen, t, total, kvecs, kvg, num_step, nthreads,
+                               f_row_vecs, True)
+                if cutlass.const_expr(self.cfg.emit_f):
                     # the ones-column tail of every row this thread's column block 0 visited (S is
                     # a multiple of kvecs, so block 0's threads are t % kvecs == 0 and cover rows
                     # t / kvecs, + S / kvecs, ...); after the main loop, to keep its registers free
@@ -258,9 +251,76 @@ def _kernels() -> Any:
                         if t % kvecs == 0:
                             for row in cutlass.range(t // kvecs, total // kvecs, nthreads // kvecs, unroll=1):
                                 self._store_tail(mF, row * f_row_vecs + kvecs)
-                _apply_coefficient_signs(acc, m1, b, form, DslMath)
+                b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)[1]
+                _apply_coefficient_signs(acc, m1, b, self.cfg.form, DslMath)
                 for c in cutlass.range_constexpr(m1 + n):
                     mPart[c, t] = acc[c]
+
+        @cute.jit
+        def sweep(self, mG: cute.Tensor, mX: cute.Tensor, mDX: cute.Tensor, mF: cute.Tensor, acc: cute.Tensor,
+                  mNum: cute.Tensor, mDen: cute.Tensor, t: Int32, total: Int32, kvecs: Int32, kvg: Int32,
+                  num_step: Int32, nthreads: Int32, f_row_vecs: Int32, exact: cutlass.Constexpr):
+            """dx (and F(x)) over thread ``t``'s vectors ``t, t + S, ...``, their coefficient-gradient
+            terms added to ``acc``.  ``exact=False``: direct terms; returns 1 if a vector failed the
+            large-|x| test (its values are then wrong), else 0; ``exact=True``: every value by
+            ``rational_math.grad_terms`` (exact wherever the true values are finite)."""
+            V, U, form = self.cfg.vec, self.cfg.unroll, self.cfg.form
+            emit_f = self.cfg.emit_f
+            m1, n = self.cfg.m + 1, self.cfg.n
+            a, b = self.load_coefficients(mNum, mDen, t, kvecs, kvg, num_step)
+            bad = Int32(0)
+            # F's vector index for vector v = t + j*S is fvec + j*fstep: the row of v is
+            # t/kvecs + j*S/kvecs (S is a multiple of kvecs), F's rows are f_row_vecs apart.
+            # Carried through the loop: no division per vector.
+            fvec = t + (t // kvecs) * (f_row_vecs - kvecs)
+            fstep = (nthreads // kvecs) * f_row_vecs
+            for base in cutlass.range(t, total, nthreads * U):
+                xs, gs = [], []
+                for u in cutlass.range_constexpr(U):
+                    fx = cute.make_rmem_tensor((1, V), mX.element_type)
+                    fg = cute.make_rmem_tensor((1, V), mG.element_type)
+                    fx.fill(0)
+                    fg.fill(0)  # masked vectors contribute grad 0 to the partial sums
+                    v = base + u * nthreads
+                    if v < total:
+                        cute.autovec_copy(cute.local_tile(mX, (1, V), (v, 0)), fx)
+                        cute.autovec_copy(cute.local_tile(mG, (1, V), (v, 0)), fg)
+                    xs.append(fx)
+                    gs.append(fg)
+                for u in cutlass.range_constexpr(U):
+                    xv = xs[u].load().to(Float32)
+                    gv = gs[u].load().to(Float32)
+                    vals = [xv[0, i] for i in range(V)]
+                    grads = [gv[0, i] for i in range(V)]
+                    dx = cute.make_rmem_tensor((1, V), Float32)
+                    # F in the output dtype as it is computed: packed, half the registers
+                    fv = cute.make_rmem_tensor((1, V), mF.element_type)
+                    v = base + u * nthreads
+                    if cutlass.const_expr(exact):
+                        for i in cutlass.range_constexpr(V):
+                            d, f = _accumulate_gradients(acc, a, b, vals[i], grads[i], form, DslMath)
+                            dx[0, i] = d
+                            fv[0, i] = f.to(mF.element_type)
+                    else:
+                        def consume(i, tr):  # one value's terms, used as soon as they exist
+                            _add_terms(acc, tr, grads[i], m1)
+                            dx[0, i] = grads[i] * tr.dfdx
+                            fv[0, i] = tr.f.to(mF.element_type)
+
+                        ok = rm.grad_terms_many_direct(a, b, vals, form, DslMath, each=consume)[1]
+                        bad = Int32(cutlass.select_(ok, bad, Int32(1)))
+                    self._store(mDX, mF, dx, fv, v, total, fvec + u * fstep)
+                fvec = fvec + U * fstep
+            return bad
+
+        @cute.jit
+        def _store(self, mDX: cute.Tensor, mF: cute.Tensor, dx: cute.Tensor, fv: cute.Tensor, v: Int32, total: Int32,
+                   fvec: Int32):
+            """Vector ``v`` of dx (and F(x) at F's vector ``fvec`` if ``cfg.emit_f``), if ``v < total``."""
+            if v < total:
+                cute.local_tile(mDX, (1, self.cfg.vec), (v, 0)).store(dx.load().to(mDX.element_type))
+                if cutlass.const_expr(self.cfg.emit_f):
+                    cute.local_tile(mF, (1, self.cfg.vec), (fvec, 0)).store(fv.load())
 
         @cute.jit
         def _store_tail(self, mF: cute.Tensor, first_vec):
@@ -296,16 +356,23 @@ def _kernels() -> Any:
     return ns
 
 
-def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str, ops: Any) -> Any:
-    """Add one element's coefficient-gradient terms to ``acc`` (``m+1+n`` fp32 registers) and
-    return ``(dx, F(x))`` with dx = g * dF/dx (F(x) is dead code unless the kernel stores it).  Plain Python run at trace time (not DSL-preprocessed), so the
-    branches on ``form`` are decided when the kernel is generated."""
-    tr = rm.grad_terms(a, b, x, form, ops)
-    m1 = len(a)
+def _add_terms(acc: Any, tr: Any, g: Any, m1: int) -> None:
+    """``acc[k] += g * dF/dcoef_k`` for one element's :class:`~fusedkat.ops.rational_math.GradTerms`
+    (``acc``: ``m+1+n`` fp32 values, a register tensor or a list; form A's sgn(b_j) left out)."""
     for k, w in enumerate(tr.num_grad):  # dF/da_k = x^k / Q
         acc[k] = acc[k] + g * w
     for j, v in enumerate(tr.den_grad):  # dF/db_j (form A: without sgn(b_j), applied later)
         acc[m1 + j] = acc[m1 + j] + g * v
+
+
+def _accumulate_gradients(acc: Any, a: list, b: list, x: Any, g: Any, form: str, ops: Any) -> Any:
+    """Add one element's coefficient-gradient terms to ``acc`` (``m+1+n`` fp32 registers) and
+    return ``(dx, F(x))`` with dx = g * dF/dx, exact wherever the true values are finite
+    (``rational_math.grad_terms``; F(x) is dead code unless the kernel stores it).  Plain Python run
+    at trace time (not DSL-preprocessed), so the branches on ``form`` are decided when the kernel
+    is generated."""
+    tr = rm.grad_terms(a, b, x, form, ops)
+    _add_terms(acc, tr, g, len(a))
     return g * tr.dfdx, tr.f
 
 

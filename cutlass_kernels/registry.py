@@ -40,6 +40,10 @@ class Variant:
     #: ``"module:function"`` checking the per-role SASS (:func:`cutlass_kernels.sass.role_counts`):
     #: ``function(roles: dict[str, dict[str, int]], fields: dict) -> list[str]`` of failures.
     role_check: str = ""
+    #: ``"module:function"`` splitting the SASS text into roles (``{role: Counter}``) for the check:
+    #: the warp-specialized kernels' roles by default, the elementwise kernels' two passes
+    #: (:func:`cutlass_kernels.sass.elementwise_passes`).
+    role_counter: str = "cutlass_kernels.sass:role_counts"
 
     def __post_init__(self) -> None:
         if ":" not in self.target:
@@ -68,6 +72,7 @@ def make_variant(
     expect_sass: Optional[dict[str, int]] = None,
     sources: Iterable[str] = (),
     role_check: str = "",
+    role_counter: str = "",
 ) -> Variant:
     """Convenience constructor taking dicts."""
     return Variant(
@@ -78,6 +83,7 @@ def make_variant(
         expect_sass=tuple(sorted((expect_sass or {}).items())),
         sources=tuple(sources),
         role_check=role_check,
+        **({"role_counter": role_counter} if role_counter else {}),
     )
 
 

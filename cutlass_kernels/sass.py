@@ -171,6 +171,22 @@ def role_counts(sass: str) -> dict[str, collections.Counter]:
     return out
 
 
+def elementwise_passes(sass: str) -> dict[str, collections.Counter]:
+    """The two passes of an elementwise rational kernel (``cutlass_kernels.rational_elementwise``):
+    ``{"hot": Counter, "exact": Counter}``, the full-opcode counts of one iteration of its hot loop
+    (every element) and of its exact loop (only threads that met a huge |x|): the loops holding an
+    unpredicated ``MUFU.RCP``, in address order (a kernel with one such loop has no "exact").
+    Predicated instructions are counted under ``"@" + opcode``: a predicated ``MUFU.RCP`` in the hot
+    loop is an exact path that ptxas if-converted into it, issued for every element."""
+    insns = instructions(sass)
+    found = sorted(lp for lp in loops(insns)
+                   if any(op.startswith("MUFU.RCP") and not pred for _, pred, op, _ in insns[lp[0]:lp[1] + 1]))
+    out: dict[str, collections.Counter] = {}
+    for role, (a, b) in zip(("hot", "exact"), found):
+        out[role] = collections.Counter(("@" if pred else "") + op for _, pred, op, _ in insns[a:b + 1])
+    return out
+
+
 def rescue_blocks(body: list[tuple[int, bool, str, str]]) -> set[int]:
     """Indices (into ``body``) of the large-|x| rescue blocks of a transform loop.
 

@@ -205,3 +205,56 @@ def test_ws_dgrad_roles_hold_in_the_sass(build_rows):
         assert r["ok"] and r["spills"] == 0 and r["sass"].get("STL", 0) == 0, r["kernel"]
         assert ws_check.dgrad_role_failures(r["roles"], {}) == [], r["kernel"]
         assert not any(op.startswith(("I2F", "F2I", "IMAD.HI")) for op in r["roles"]["epilogue"])
+
+
+def test_elementwise_kernels_keep_the_exact_pass_out_of_the_hot_loop(build_rows):
+    """Every elementwise rational variant (forward, backward, backward writing F(x)) on every arch:
+    a hot loop with one unpredicated MUFU.RCP per element and no predicated one (the large-|x|
+    exact evaluation is not issued for every element), then an exact loop
+    (``rational_variants.pass_failures``, ``sass.elementwise_passes``)."""
+    from cutlass_kernels import rational_variants as rv
+
+    _, rows = build_rows
+    ew = [r for r in rows if r["kernel"].startswith("group_rational_")]
+    assert len(ew) == 2 * len(rv.variants())
+    for r in ew:
+        hot, exact = r["roles"]["hot"], r["roles"]["exact"]
+        assert not any(op.startswith("@MUFU.RCP") for op in hot), r["kernel"]
+        assert any(op.startswith("@MUFU.RCP") or op.startswith("MUFU.RCP") for op in exact), r["kernel"]
+        direction = "fwd" if "_fwd_" in r["kernel"] else "bwd"
+        (v,) = [v for v in rv.variants() if v.name == r["kernel"]]
+        assert rv.pass_failures(r["roles"], v.kwargs_dict, direction) == [], r["kernel"]
+
+
+_FAKE_EW_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/                   MUFU.RCP R6, R6 ;
+        /*0030*/               @P1 MUFU.RCP R7, R7 ;
+        /*0040*/                   STG.E.128 desc[UR4][R2.64], R4 ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   MUFU.RCP R6, R6 ;
+        /*0070*/               @P0 BRA 0x60 ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_elementwise_pass_check_catches_an_if_converted_exact_path():
+    """sass.elementwise_passes names the loops hot and exact and marks predicated opcodes; the
+    check fails on a predicated reciprocal in the hot loop, a wrong element count and a missing
+    exact loop, and passes on a clean hot loop."""
+    from cutlass_kernels import rational_variants as rv
+    from cutlass_kernels import sass
+
+    roles = sass.elementwise_passes(_FAKE_EW_SASS)
+    assert roles["hot"]["@MUFU.RCP"] == 1 and roles["hot"]["MUFU.RCP"] == 1 and roles["exact"]["MUFU.RCP"] == 1
+    fields = {"dtype": "fp32", "form": "A", "vec": 1, "unroll": 1}
+    msgs = rv.pass_failures(roles, fields, "fwd")
+    assert any("predicated MUFU.RCP" in m for m in msgs)
+    clean = {"hot": {"MUFU.RCP": 1, "FFMA": 9, "BRA": 1}, "exact": dict(roles["exact"])}
+    assert rv.pass_failures(clean, fields, "fwd") == []
+    assert any("2 MUFU.RCP for 1 elements" in m for m in rv.pass_failures(
+        {"hot": {"MUFU.RCP": 2}, "exact": {"MUFU.RCP": 1}}, fields, "fwd"))
+    assert any("hot and an exact loop" in m for m in rv.pass_failures({"hot": clean["hot"]}, fields, "fwd"))
+    slow = {"hot": {"MUFU.RCP": 1, "FFMA": 40}, "exact": {"MUFU.RCP": 1}}
+    assert any("issue slots per element" in m for m in rv.pass_failures(slow, fields, "fwd"))

@@ -263,3 +263,64 @@ def test_forward_many_vector_guard_matches_exact(form):
     assert ops.calls == before
     want = [rm.forward(al, bl, s, form, type(ops).__mro__[0]()) for s in small]
     assert torch.equal(torch.stack(got), torch.stack(want))
+
+
+@pytest.mark.parametrize("form", ["A", "B"])
+def test_two_pass_vector_scheme_of_the_elementwise_kernels(form):
+    """The elementwise kernels' scheme, run on torch fp32 scalars: a hot pass takes the direct
+    values and one flag per vector of 8 (rational_math.forward_many_direct /
+    grad_terms_many_direct), an exact pass redoes the vectors whose flag failed (forward_many /
+    grad_terms).  Combined, F, dF/dx and the coefficient-gradient sums match the exact reference
+    for inputs up to fp32's max; the flag fails for every vector holding an overflowing value and
+    passes for ordinary ones, whose direct values are bit-equal to the per-element functions; the
+    ``each`` callback sees the very terms the list holds."""
+    from fusedkat.ops import rational_math as rm
+    from fusedkat.ops.torch_impl import TorchMath as ops
+
+    a, b, x = _case(form, torch.float32, seed=17)
+    x = _keep_finite_truth(form, torch.float32, a, b, x)
+    al = [a[0, i] for i in range(a.shape[1])]
+    bl = [b[0, j] for j in range(b.shape[1])]
+    gen = torch.Generator().manual_seed(5)
+    small = torch.randn(400, generator=gen)  # most vectors of 8 hold only ordinary values
+    x = torch.cat([x, small])[torch.randperm(len(x) + 400, generator=gen)]
+    n = len(x) // 8 * 8
+    x = x[:n]
+    g = torch.randn(n, generator=gen)
+    ys, dxs, failed, passed = [], [], 0, 0
+    sum_a = [torch.zeros(()) for _ in al]
+    sum_b = [torch.zeros(()) for _ in bl]
+    for vec, gv in zip(x.view(-1, 8), g.view(-1, 8)):
+        vals = list(vec)
+        fs, ok = rm.forward_many_direct(al, bl, vals, form, ops)
+        terms, ok_b = rm.grad_terms_many_direct(al, bl, vals, form, ops)
+        seen = []
+        _, ok_c = rm.grad_terms_many_direct(al, bl, vals, form, ops, each=lambda i, t: seen.append((i, t)))
+        assert bool(ok) == bool(ok_b) == bool(ok_c)
+        assert [i for i, _ in seen] == list(range(8))
+        for (_, t1), t2 in zip(seen, terms):
+            assert torch.equal(t1.f, t2.f) or (t1.f.isnan() and t2.f.isnan())
+            assert torch.equal(t1.dfdx, t2.dfdx) or (t1.dfdx.isnan() and t2.dfdx.isnan())
+        overflow = any(not math.isfinite(float(rm.numerator(al, v))) for v in vals)
+        if overflow:
+            assert not bool(ok)
+        if bool(ok):
+            passed += 1
+            for v, f, t in zip(vals, fs, terms):
+                assert torch.equal(f, rm.forward(al, bl, v, form, ops))
+                assert torch.equal(t.dfdx, rm.grad_terms_direct(al, bl, v, form, ops)[0].dfdx)
+        else:  # the exact pass
+            failed += 1
+            fs = rm.forward_many(al, bl, vals, form, ops)
+            terms = [rm.grad_terms(al, bl, v, form, ops) for v in vals]
+        ys.extend(fs)
+        for gi, t in zip(gv, terms):
+            dxs.append(gi * t.dfdx)
+            for k, w in enumerate(t.num_grad):
+                sum_a[k] = sum_a[k] + gi * w
+            for k, w in enumerate(t.den_grad):
+                sign = t.den_sign[k] if t.den_sign is not None else 1.0
+                sum_b[k] = sum_b[k] + gi * w * sign
+    assert failed > 0 and passed > 0, (failed, passed)
+    _check(form, torch.float32, a, b, x, torch.stack(ys), dx=torch.stack(dxs),
+           da=[float(v) for v in sum_a], db=[float(v) for v in sum_b], g=g)

@@ -243,29 +243,44 @@ def forward(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps)
     return rescue(ok, [f], lambda: [forward_far(a, b, x, form, ops)], ops)[0]
 
 
+def forward_many_direct(a: Sequence[Any], b: Sequence[Any], xs: Sequence[Any], form: str,
+                        ops: MathOps) -> tuple[list, Any]:
+    """``(values, ok)``: F at each of ``xs`` (one group's values, a kernel thread's vector) by Horner
+    on x, and ONE flag for the whole vector, true where every value is valid.
+
+    The test is ``isfinite(sum(P * Q))`` (one FMA per element): an inf or NaN P or Q makes it inf
+    or NaN (Q >= 1, so no 0 * inf hides one); it may also overflow where P and Q are both finite
+    but huge (|x| of order 1e4 for O(1) coefficients), which only sends that vector down the exact
+    path -- never a wrong value.  Where ``ok`` is false, the caller re-evaluates the vector with
+    :func:`forward` (the elementwise kernel does it in a second loop after its main loop, so the
+    exact path is never if-converted into the hot loop)."""
+    ps = [numerator(a, x) for x in xs]
+    qs = [denominator(b, x, form, ops) for x in xs]
+    fs = [p * ops.rcp(q) for p, q in zip(ps, qs)]
+    return fs, _vector_ok(ps, qs, ops)
+
+
+def _vector_ok(ps: Sequence[Any], qs: Sequence[Any], ops: MathOps) -> Any:
+    total = ps[0] * qs[0]
+    for p, q in zip(ps[1:], qs[1:]):
+        total = total + p * q
+    return ops.isfinite(total)
+
+
 def forward_many(a: Sequence[Any], b: Sequence[Any], xs: Sequence[Any], form: str, ops: MathOps,
                  warp_uniform: bool = False) -> list:
     """:func:`forward` of several values of one group at once (a kernel thread's vector).
 
     Same results as ``[forward(a, b, x, form, ops) for x in xs]``, but the large-|x| test is made
-    once for the whole vector: the direct values are kept if a sum over the vector is
-    finite, and only otherwise does the vector take the exact per-element path.  The test is
-    ``sum(P * Q)`` (one FMA per element): an inf or NaN P or Q makes it inf or NaN (Q >= 1, so no
-    0 * inf hides one); it may also overflow where P and Q are both finite but huge (|x| of order
-    1e4 for O(1) coefficients), which only sends that vector down the exact path -- never a wrong
-    value.  In a kernel that is one FMA per element plus one test and one rarely taken branch per
-    vector, instead of a per-element branch (which ptxas if-converts, issuing the 1/x evaluation
-    for every element).  ``warp_uniform`` (kernels whose 32 lanes all reach this point): the test
-    is voted across the warp (``ops.fallback_warp``), so the branch is uniform and ptxas keeps it a
-    branch instead of predicating the exact path into the hot loop.
+    once for the whole vector (:func:`forward_many_direct`): the direct values are kept if it
+    passes, and only otherwise does the vector take the exact per-element path.  In a kernel that
+    is one FMA per element plus one test and one rarely taken branch per vector, instead of a
+    per-element branch (which ptxas if-converts, issuing the 1/x evaluation for every element).
+    ``warp_uniform`` (kernels whose 32 lanes all reach this point): the test is voted across the
+    warp (``ops.fallback_warp``), so the branch is uniform and ptxas may keep it a branch instead of
+    predicating the exact path into the hot loop.
     """
-    ps = [numerator(a, x) for x in xs]
-    qs = [denominator(b, x, form, ops) for x in xs]
-    fs = [p * ops.rcp(q) for p, q in zip(ps, qs)]
-    total = ps[0] * qs[0]
-    for p, q in zip(ps[1:], qs[1:]):
-        total = total + p * q
-    ok = ops.isfinite(total)
+    fs, ok = forward_many_direct(a, b, xs, form, ops)
     far = lambda: [forward(a, b, x, form, ops) for x in xs]  # noqa: E731
     if warp_uniform and getattr(ops, "fallback_warp", None) is not None:
         return ops.fallback_warp(ok, fs, far)
@@ -294,6 +309,34 @@ def grad_terms_direct(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops
 
     ``lazy``: ``num_grad`` / ``den_grad`` are one-shot iterators computing one factor at a time
     (eager torch: one live temporary instead of m+1+n)."""
+    t, p, q = _grad_terms_pq(a, b, x, form, ops, lazy)
+    return t, in_range(p, q, ops)
+
+
+def grad_terms_many_direct(a: Sequence[Any], b: Sequence[Any], xs: Sequence[Any], form: str, ops: MathOps,
+                           each: Callable[[int, GradTerms], None] | None = None) -> tuple[list | None, Any]:
+    """``(terms per value, ok)``: :func:`grad_terms_direct` of several values of one group, with the
+    vector's single validity flag of :func:`forward_many_direct` (``isfinite(sum(P * Q))``).  Where
+    ``ok`` is false the caller discards these terms and re-evaluates with :func:`grad_terms`.
+
+    ``each(i, terms)`` (optional) is called as soon as value ``i``'s terms exist, and the list is not
+    kept (``(None, ok)`` is returned): a kernel consumes one value's m+n+3 terms before the next
+    value's are computed, instead of holding the whole vector's in registers."""
+    kept, ps, qs = [], [], []
+    for i, x in enumerate(xs):
+        t, p, q = _grad_terms_pq(a, b, x, form, ops, False)
+        ps.append(p)
+        qs.append(q)
+        if each is None:
+            kept.append(t)
+        else:
+            each(i, t)
+    return (kept if each is None else None), _vector_ok(ps, qs, ops)
+
+
+def _grad_terms_pq(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps,
+                   lazy: bool) -> tuple[GradTerms, Any, Any]:
+    """:func:`grad_terms_direct`'s terms, with P(x) and Q(x) for the validity tests."""
     p = numerator(a, x)
     dp = numerator_deriv(a, x)
     n = len(b)
@@ -332,7 +375,7 @@ def grad_terms_direct(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops
             yield term
 
     nums, dens = (num_grad(), den_grad()) if lazy else (list(num_grad()), list(den_grad()))
-    return GradTerms(f=f, dfdx=dfdx, num_grad=nums, den_grad=dens, den_sign=den_sign), in_range(p, q, ops)
+    return GradTerms(f=f, dfdx=dfdx, num_grad=nums, den_grad=dens, den_sign=den_sign), p, q
 
 
 def grad_terms_far(a: Sequence[Any], b: Sequence[Any], x: Any, form: str, ops: MathOps) -> GradTerms:
