@@ -1,6 +1,6 @@
 """Cold compile time of a KAT's first training step against its ViT twin (issue 20: the first minutes).
 
-    python -m bench.compile_time [--size T] [--batch 8] [--rounds 3] [--threads 2] [--json PATH]
+    python -m bench.compile_time [--size T] [--batch 8] [--rounds 3] [--threads 2] [--depth D] [--json PATH]
 
 Each measurement is a fresh interpreter with its own empty inductor cache folder
 (``TORCHINDUCTOR_CACHE_DIR``), so nothing compiled earlier is reused: it builds the timm model,
@@ -34,7 +34,7 @@ PHASES = ("_compile.compile_inner", "OutputGraph.call_user_compiler", "create_ao
           "Scheduler.__init__", "Scheduler.codegen", "PyCodeCache.load_by_key_path", "async_compile.wait")
 
 
-def _child(name: str, batch: int, img: int, threads: int) -> dict:
+def _child(name: str, batch: int, img: int, threads: int, depth: int = 0) -> dict:
     """One cold first step (runs in a fresh interpreter; see the module docstring)."""
     import torch
     import torch.nn.functional as F
@@ -45,7 +45,8 @@ def _child(name: str, batch: int, img: int, threads: int) -> dict:
     import fusedkat.models  # noqa: F401  (registers the KAT models)
 
     torch.manual_seed(0)
-    model = timm.create_model(name, img_size=img, num_classes=1000).train()
+    extra = {"depth": depth} if depth else {}
+    model = timm.create_model(name, img_size=img, num_classes=1000, **extra).train()
     run = torch.compile(model, fullgraph=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, img, img)
@@ -68,13 +69,13 @@ def _child(name: str, batch: int, img: int, threads: int) -> dict:
     return {"model": name, "first_step_s": first, "second_step_s": second, "phases_s": phases}
 
 
-def measure_one(name: str, batch: int, img: int, threads: int) -> dict:
+def measure_one(name: str, batch: int, img: int, threads: int, depth: int = 0) -> dict:
     """Runs :func:`_child` in a fresh interpreter with an empty inductor cache; returns its JSON."""
     with tempfile.TemporaryDirectory(prefix="fusedkat-ct-") as cache:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, CUDA_VISIBLE_DEVICES="")
         env.pop("TORCHINDUCTOR_FX_GRAPH_CACHE", None)
         proc = subprocess.run([sys.executable, "-m", "bench.compile_time", "--child", name, "--batch", str(batch),
-                               "--img-size", str(img), "--threads", str(threads)],
+                               "--img-size", str(img), "--threads", str(threads), "--depth", str(depth)],
                               env=env, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the {name} compile run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -105,13 +106,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--depth", type=int, default=0, help="blocks (default: the model's own, 12)")
     p.add_argument("--json", metavar="PATH", help="also write the medians, phases and raw runs as JSON")
     p.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.batch < 1 or args.rounds < 1 or args.threads < 1 or args.img_size < 16:
-        p.error("--batch, --rounds and --threads must be >= 1 and --img-size >= 16")
+    if args.batch < 1 or args.rounds < 1 or args.threads < 1 or args.img_size < 16 or args.depth < 0:
+        p.error("--batch, --rounds and --threads must be >= 1, --img-size >= 16 and --depth >= 0")
     if args.child:
-        print(json.dumps(_child(args.child, args.batch, args.img_size, args.threads)))
+        print(json.dumps(_child(args.child, args.batch, args.img_size, args.threads, args.depth)))
         return 0
     if args.json:
         from fusedkat.files import OutputError, check_writable
@@ -125,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs: dict[str, list[dict]] = {"vit": [], "kat": []}
     for rnd in range(args.rounds):
         for key, name in (("vit", vit), ("kat", kat)):
-            r = measure_one(name, args.batch, args.img_size, args.threads)
+            r = measure_one(name, args.batch, args.img_size, args.threads, args.depth)
             runs[key].append(r)
             print(f"round {rnd + 1}/{args.rounds} {key}: first step {r['first_step_s']:.1f} s, "
                   f"second {r['second_step_s'] * 1e3:.0f} ms", flush=True)
@@ -141,6 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from fusedkat.files import atomic_write_text
 
         doc = {**out, "size": args.size, "batch": args.batch, "threads": args.threads, "rounds": args.rounds,
+               "img_size": args.img_size, "depth": args.depth or None,
                "load_before": load0, "load_after": load1, "runs": runs}
         atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     return 0

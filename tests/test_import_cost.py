@@ -117,3 +117,27 @@ def test_import_time_benchmark_runs_and_help_is_cheaper_than_torch(tmp_path):
     s = json.loads(js.read_text())["summary"]
     assert set(s) >= {"import torch", "fusedkat --help", "import fusedkat, timm"}
     assert s["fusedkat --help"]["ratio_to_import_torch"] < 1.0
+
+
+def test_compile_time_benchmark_runs_cold_and_reports_the_ratio(tmp_path):
+    """bench.compile_time end to end on 1-block KAT-T / ViT-T at 32x32 (1 round): each model is
+    compiled cold in its own interpreter, the JSON holds both first-step times, their ratio and
+    the compile phases, and the printed table names the goal."""
+    js = tmp_path / "ct.json"
+    r = subprocess.run([sys.executable, "-m", "bench.compile_time", "--rounds", "1", "--depth", "1", "--img-size", "32",
+                        "--batch", "2", "--json", str(js)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(js.read_text())
+    med = doc["median_first_step_s"]
+    assert med["vit"] > 0 and med["kat"] > 0
+    assert abs(doc["kat_over_vit"] - med["kat"] / med["vit"]) < 1e-9
+    for run in (doc["runs"]["vit"][0], doc["runs"]["kat"][0]):
+        assert run["phases_s"].get("_compile.compile_inner", 0) > 0  # dynamo really compiled
+        assert 0 < run["second_step_s"] < run["first_step_s"]
+    assert "goal <= 1.5x" in r.stdout
+
+
+def test_compile_time_benchmark_rejects_bad_arguments():
+    r = subprocess.run([sys.executable, "-m", "bench.compile_time", "--rounds", "0"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--rounds" in r.stderr
