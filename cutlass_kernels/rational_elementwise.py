@@ -1,8 +1,17 @@
 """Group-rational elementwise kernels (forward and backward) in CuTe DSL.
 
-The math is not written here: every kernel calls :func:`fusedkat.ops.rational_math.forward` /
-:func:`~fusedkat.ops.rational_math.grad_terms` on DSL ``Float32`` registers through
-:class:`cutlass_kernels.dsl.DslMath` — one definition of F for torch and for the GPU.
+The math is not written here: every kernel calls :mod:`fusedkat.ops.rational_math` on DSL
+``Float32`` registers through :class:`cutlass_kernels.dsl.DslMath` — one definition of F for torch
+and for the GPU.
+
+Two passes (large |x|, issue 20).  The hot loop evaluates F (and its gradient terms) directly,
+with one finiteness flag per vector (``rational_math.forward_many_direct`` /
+``grad_terms_many_direct``: one FMA per element).  A thread that met a failing vector then runs a
+second loop over its whole share with the exact evaluation (``rational_math.forward_many`` /
+``grad_terms``), rewriting its outputs (the backward zeroes its partial sums first).  A branch
+inside the hot loop was if-converted by ptxas, issuing the exact path for every element (+15-19
+slots per element in the forward, +30-40 in the backward); a second loop cannot be.  The build
+check holds the structure (``rational_variants.pass_failures``).
 
 Work decomposition (both kernels).  x ``[M, K]`` (any leading dims, contiguous) is viewed as
 ``total = M*K/V`` vectors of ``V`` elements (16 bytes for V = 16/sizeof(dtype)); ``V`` divides
