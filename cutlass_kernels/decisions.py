@@ -99,9 +99,18 @@ def build_one(path: Path) -> dict:
             "arch": _arch_of(cap) if cap else None, "entries": entries}
 
 
+def _is_gpu_result(path: Path) -> bool:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return True  # let build_one report the broken file
+    return isinstance(data, dict) and bool(data.get("bench_machine", {}).get("gpu"))
+
+
 def build(results_dir: Path = RESULTS_DIR) -> dict:
-    """The whole table from every ``*.json`` results file in ``results_dir`` (sorted by name)."""
-    files = sorted(Path(results_dir).glob("*.json"))
+    """The whole table from every GPU ``*.json`` results file in ``results_dir`` (sorted by name;
+    files without a ``bench_machine.gpu``, e.g. CPU benchmark results, are not GPU evidence)."""
+    files = [p for p in sorted(Path(results_dir).glob("*.json")) if _is_gpu_result(p)]
     return {"generated_by": "python -m cutlass_kernels.decisions --write",
             "rule": "GPU kernel time decides (torch.profiler); wall_us_min is host-inclusive evidence only",
             "large_m": LARGE_M, "results": [build_one(p) for p in files]}

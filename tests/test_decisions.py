@@ -117,3 +117,15 @@ def test_info_names_the_source_on_a_faked_gpu(monkeypatch):
     g = info._gemm_paths(CUDA0, ops)
     # "fused <kernel>": the sm_90 fused backward names its kernel (FUSEDKAT_BWD_KERNEL)
     assert g["backward"].split()[0] == "fused" and g["backward_source"] == "forced by FUSEDKAT_FUSED_BWD"
+
+
+def test_cpu_results_files_are_not_gpu_evidence(tmp_path):
+    """A results file without a GPU (e.g. bench.compile_time's JSON) next to the GPU ones leaves
+    the table unchanged."""
+    import shutil
+
+    for p in decisions.RESULTS_DIR.glob("*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "2099-01-01-cpu.json").write_text(json.dumps({"median_first_step_s": {"vit": 1.0, "kat": 2.0}}))
+    assert decisions.build(tmp_path)["results"] == decisions.build()["results"]
+    assert len(decisions.build(tmp_path)["results"]) == len(list(decisions.RESULTS_DIR.glob("*.json")))
