@@ -1,11 +1,13 @@
 """Compiled KAT vs ViT training step on CPU, interleaved in one process (issue 21's CPU goal).
 
-    python -m bench.cpu_step_ab [--size T] [--batch 8] [--rounds 5] [--threads 2] [--old-reduction]
+    python -m bench.cpu_step_ab [--size T] [--batch 8] [--rounds 5] [--threads 2] [--old-reduction] [--select]
 
 Compiles (``torch.compile(fullgraph=True)``) the timm ViT and KAT of ``--size`` (forward +
 cross-entropy + backward + AdamW, fp32) and, with ``--old-reduction``, a second KAT whose
 coefficient-gradient sums use the single strided reduction over dims (0, 2) that
-``fusedkat.ops.torch_impl._group_sum`` replaced; then times ``--rounds`` rounds, each one step
+``fusedkat.ops.torch_impl._group_sum`` replaced; with ``--select``, a KAT traced with the
+large-|x| exact path selected per element in the graph (``torch_impl`` mode ``"select"``, which
+the CPU lowering used before its ``"host"`` mode); then times ``--rounds`` rounds, each one step
 of every model in turn, and prints the median ms per step and the KAT/ViT ratios, with the load.
 """
 from __future__ import annotations
@@ -21,41 +23,51 @@ import torch
 import torch.nn.functional as F
 
 
-def _step_fn(name: str, batch: int, img: int, old_reduction: bool):
+def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
+    """(step, compile seconds) of a compiled training step; ``variant``: None, "old_reduction" or "select"."""
     import timm
 
     import fusedkat.models  # noqa: F401
-    from fusedkat.ops import torch_impl
+    from fusedkat.ops import lowering, torch_impl
 
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=img, num_classes=1000).train()
-    run = torch.compile(model, fullgraph=True)
+    # A variant gets a backend of its own (an inductor option, set to its default's opposite only
+    # for caches): Dynamo would otherwise reuse the graph compiled for the same class just before
+    # (the parameters are graph inputs), and the variant would time the default's code.
+    options = {"force_disable_caches": True} if variant is not None else None
+    run = torch.compile(model, fullgraph=True, options=options)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, img, img)
     y = torch.randint(0, 1000, (batch,))
-    new = torch_impl._group_sum
+    new, mode = torch_impl._group_sum, lowering.traced_mode
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(run(x), y).backward()
         opt.step()
 
-    if old_reduction:  # trace (compile) with the old sum; the compiled code keeps it.  The compile
-        # caches key on the Dynamo graph, not on our decomposition's code: bypass them, or the KAT
-        # compiled just before is reused unchanged
+    if variant is not None:  # trace (compile) with the variant; the compiled code keeps it.  The
+        # compile caches key on the Dynamo graph, not on our decomposition's code: bypass them, or
+        # the KAT compiled just before is reused unchanged
         import torch._functorch.config as fconfig
         import torch._inductor.config as iconfig
 
         fconfig.enable_autograd_cache = False
         iconfig.fx_graph_cache = False
-        torch_impl._group_sum = lambda t: t.sum(dim=(0, 2))
+        if variant == "old_reduction":
+            torch_impl._group_sum = lambda t: t.sum(dim=(0, 2))
+        elif variant == "select":
+            lowering.traced_mode = lambda device: "select"
+        else:
+            raise ValueError(f"unknown variant {variant!r}")
     try:
         t0 = time.perf_counter()
         step()
         step()
         compile_s = time.perf_counter() - t0
     finally:
-        torch_impl._group_sum = new
+        torch_impl._group_sum, lowering.traced_mode = new, mode
     return step, compile_s
 
 
@@ -67,16 +79,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--old-reduction", action="store_true")
+    p.add_argument("--select", action="store_true", help="also a KAT with the exact path selected in the graph")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = {"T": ("vit_tiny_patch16_224", "kat_tiny_patch16_224"), "S": ("vit_small_patch16_224", "kat_small_patch16_224")}
     vit, kat = names[args.size]
-    variants = {"vit": (vit, False), "kat": (kat, False)}
+    variants = {"vit": (vit, None), "kat": (kat, None)}
     if args.old_reduction:
-        variants["kat_old_reduction"] = (kat, True)
+        variants["kat_old_reduction"] = (kat, "old_reduction")
+    if args.select:
+        variants["kat_select"] = (kat, "select")
     steps = {}
-    for key, (name, old) in variants.items():
-        steps[key], cs = _step_fn(name, args.batch, args.img_size, old)
+    for key, (name, variant) in variants.items():
+        steps[key], cs = _step_fn(name, args.batch, args.img_size, variant)
         print(f"compiled {key} ({name}) in {cs:.0f} s", flush=True)
     times = {k: [] for k in steps}
     load0 = os.getloadavg()

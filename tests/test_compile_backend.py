@@ -3,6 +3,7 @@ inductor compiles of small KAT-style models (separate rational / dropout / linea
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -70,10 +71,12 @@ def test_backend_fuses_decomposes_on_cpu_and_matches_eager():
     assert len(graphs) == 1 and graphs[0].fused == 4
     assert count_targets(graphs[0].graph, RL) == 4
     assert count_targets(graphs[0].graph, torch.ops.fusedkat.group_rational.default) == 0
-    # on CPU the lowering turned the op into torch ops inside inductor kernels: no opaque call left
+    # on CPU the lowering turned the op into torch ops inside inductor kernels: no opaque call
+    # left but the host-read large-|x| rescues (torch_impl's "host" mode), one per rational
     assert len(codes) == 2  # forward and backward
     for code in codes:
-        assert "torch.ops.fusedkat" not in code
+        calls = re.findall(r"torch\.ops\.fusedkat\.(\w+)", code)
+        assert calls and set(calls) <= {"rescue_rational_", "rescue_rational_backward_"}, calls
     assert "fusedkat.rational_linear" in codes[0]  # ...but inductor's provenance comments name it
 
     ref_loss, ref_grads = _train_step(eager, x, target)

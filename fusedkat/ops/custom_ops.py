@@ -167,6 +167,42 @@ rational_linear_op.register_autograd(_rl_backward, setup_context=_rl_setup)
 
 
 # ---------------------------------------------------------------------------------------------
+# rescue: the exact large-|x| recomputation behind one host-read flag (torch_impl's "host" mode)
+# ---------------------------------------------------------------------------------------------
+# Inductor's CPU lowering traces the direct evaluation only, plus ``ok`` (0-d bool: every element's
+# direct values were valid).  These opaque ops read ``ok`` on the host after the fused kernels ran
+# and, only when it is false (|x| beyond ~1e4-5e7, or a non-finite input), redo the whole call with
+# the eager exact path and overwrite the outputs in place: the compiled results are then the eager
+# ones.  Their fake impls do nothing (no outputs); inductor re-inplaces the mutation (no copy).
+@torch.library.custom_op("fusedkat::rescue_rational_", mutates_args=("f",))
+def rescue_rational_(f: Tensor, ok: Tensor, x: Tensor, numerator: Tensor, denominator: Tensor,
+                     form: str) -> None:
+    if not bool(ok):
+        f.copy_(torch_impl.group_rational_forward(x, numerator, denominator, form))
+
+
+@rescue_rational_.register_fake
+def _(f, ok, x, numerator, denominator, form) -> None:
+    return None
+
+
+@torch.library.custom_op("fusedkat::rescue_rational_backward_",
+                         mutates_args=("dx", "d_numerator", "d_denominator"))
+def rescue_rational_backward_(dx: Tensor, d_numerator: Tensor, d_denominator: Tensor, ok: Tensor,
+                              grad: Tensor, x: Tensor, numerator: Tensor, denominator: Tensor,
+                              form: str) -> None:
+    if not bool(ok):
+        exact = torch_impl.group_rational_backward(grad, x, numerator, denominator, form)
+        for out, value in zip((dx, d_numerator, d_denominator), exact):
+            out.copy_(value)
+
+
+@rescue_rational_backward_.register_fake
+def _(dx, d_numerator, d_denominator, ok, grad, x, numerator, denominator, form) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # autocast: rational_linear runs its matmul in the autocast dtype, like nn.Linear
 # ---------------------------------------------------------------------------------------------
 _lib = torch.library.Library("fusedkat", "FRAGMENT")

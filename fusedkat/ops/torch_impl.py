@@ -96,25 +96,60 @@ def _group_sum(term: torch.Tensor) -> torch.Tensor:
     return term.sum(dim=(0, 2))
 
 
+#: How the large-|x| exact path is reached (:func:`rational_math.forward`), per caller:
+#:
+#: * ``"eager"`` -- the direct values, and the 1/x evaluation only if some element needs it
+#:   (read from the data: an eager call);
+#: * ``"select"`` -- both evaluations and a per-element select (branchless: any traced graph, any
+#:   device; inductor fuses it, at the price of a graph twice the size);
+#: * ``"host"`` -- the direct values and one 0-d flag, which ``fusedkat::rescue_*`` (an opaque op in
+#:   the graph) reads on the host, redoing the call exactly when it is false.  Reading the flag is
+#:   free only where the data lives in host memory, so inductor's CPU lowering uses it: the graph
+#:   holds the direct path alone (about half the nodes to compile, and to run).
+MODES: tuple[str, ...] = ("eager", "select", "host")
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {MODES}")
+    return mode
+
+
+def _rescued(op, mutated: dict, **inputs) -> tuple[torch.Tensor, ...]:
+    """The values of ``mutated`` after the in-place op ``op`` ran on them, written functionally.
+
+    Inductor's decompositions run below AOTAutograd's functionalization, so a mutating op called
+    there would leave the graph non-functional; ``auto_functionalized`` is the functional form
+    functionalization itself would have produced, and inductor's re-inplacing pass turns it back
+    into the in-place call on buffers nothing else reads (no copy)."""
+    from torch._higher_order_ops.auto_functionalize import auto_functionalized
+
+    out = auto_functionalized(op, **mutated, **inputs)
+    return tuple(out[-len(mutated):])
+
+
 def group_rational_forward(
-    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str, branchless: bool = False
+    x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str, mode: str = "eager"
 ) -> torch.Tensor:
     """F(x) per group. x ``[..., K]``; numerator ``(1|g, m+1)``; denominator ``(g, n)``.
 
     Returns a contiguous tensor of x's shape and dtype, finite wherever the true F is (large |x|
-    are evaluated in 1/x: :func:`rational_math.forward`).  Eagerly (``branchless=False``) the
-    1/x evaluation runs only if some element needs it; traced for inductor (``branchless=True``)
-    both run and a select picks per element (fused, no data-dependent branch).
+    are evaluated in 1/x: :func:`rational_math.forward`); ``mode`` (:data:`MODES`) says how that
+    path is reached.
     """
     cd = compute_dtype(x)
     g = denominator.shape[0]
     xg = _grouped(x, g, cd)
     a = _coefficient_columns(numerator, cd)
     b = _coefficient_columns(denominator, cd)
-    if branchless:
+    if _check_mode(mode) == "select":
         f = rm.forward(a, b, xg, form, TorchMath)
     else:
         f, ok = rm.forward_direct(a, b, xg, form, TorchMath)
+        if mode == "host":
+            out = f.to(x.dtype).reshape(x.shape).contiguous()
+            return _rescued(torch.ops.fusedkat.rescue_rational_.default, dict(f=out), ok=ok.all(), x=x,
+                            numerator=numerator, denominator=denominator, form=form)[0]
         if not _all(ok):
             f = torch.where(ok, f, rm.forward_far(a, b, xg, form, TorchMath))
     return f.to(x.dtype).reshape(x.shape).contiguous()
@@ -122,13 +157,14 @@ def group_rational_forward(
 
 def group_rational_backward(
     grad: torch.Tensor, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, form: str,
-    branchless: bool = False,
+    mode: str = "eager",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Closed-form gradients of ``sum(grad * F(x))``.
 
     Returns ``(dx [x.shape, x.dtype], d_numerator [numerator.shape], d_denominator [denominator.shape])``.
     The coefficient gradients are sums over every element of a group (and over all groups for a
-    shared numerator), accumulated in float32 (float64 for float64 inputs).
+    shared numerator), accumulated in float32 (float64 for float64 inputs).  ``mode``: see
+    :data:`MODES`.
     """
     cd = compute_dtype(x)
     g = denominator.shape[0]
@@ -136,13 +172,25 @@ def group_rational_backward(
     gg = _grouped(grad, g, cd)
     a = _coefficient_columns(numerator, cd)
     b = _coefficient_columns(denominator, cd)
-    if branchless:
+    if _check_mode(mode) == "select":
         t = rm.grad_terms(a, b, xg, form, TorchMath)
+    elif mode == "host":
+        t, ok = rm.grad_terms_direct(a, b, xg, form, TorchMath)
+        dx, d_num, d_den = _gradients(gg, t, x, numerator, denominator)
+        return _rescued(torch.ops.fusedkat.rescue_rational_backward_.default,
+                        dict(dx=dx, d_numerator=d_num, d_denominator=d_den), ok=ok.all(), grad=grad, x=x,
+                        numerator=numerator, denominator=denominator, form=form)
     else:  # eagerly: the 1/x evaluation (large |x|) only if some element needs it
         t, ok = rm.grad_terms_direct(a, b, xg, form, TorchMath, lazy=True)
         if not _all(ok):
             t = rm.grad_terms(a, b, xg, form, TorchMath)
+    return _gradients(gg, t, x, numerator, denominator)
 
+
+def _gradients(gg: torch.Tensor, t: rm.GradTerms, x: torch.Tensor, numerator: torch.Tensor,
+               denominator: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx and the coefficient gradients from the incoming gradient ``gg`` ``[M, g, K/g]`` (compute
+    dtype) and the per-element terms at x."""
     dx = (gg * t.dfdx).to(x.dtype).reshape(x.shape).contiguous()
     # dF/da_i and dF/db_j: sums over every element of a group of grad * (the per-element factor)
     d_num_t = torch.stack([_group_sum(gg * w) for w in t.num_grad], dim=1)  # (g, m+1)
@@ -162,10 +210,10 @@ def rational_linear_forward(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     form: str,
-    branchless: bool = False,
+    mode: str = "eager",
 ) -> torch.Tensor:
     """``F.linear(F(x), weight, bias)``: x ``[..., K]``, weight ``(N, K)``, bias ``(N,)`` -> ``[..., N]``."""
-    return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form, branchless),
+    return torch.nn.functional.linear(group_rational_forward(x, numerator, denominator, form, mode),
                                       weight, bias)
 
 
@@ -177,7 +225,7 @@ def rational_linear_backward(
     weight: torch.Tensor,
     has_bias: bool,
     form: str,
-    branchless: bool = False,
+    mode: str = "eager",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``rational_linear`` from x alone (F(x) is recomputed, never saved).
 
@@ -187,9 +235,9 @@ def rational_linear_backward(
     k, n_out = x.shape[-1], weight.shape[0]
     rows = rows_of(x)
     go = grad_out.reshape(rows, n_out)
-    f = group_rational_forward(x, numerator, denominator, form, branchless).reshape(rows, k)
+    f = group_rational_forward(x, numerator, denominator, form, mode).reshape(rows, k)
     d_weight = (go.t() @ f).to(weight.dtype)
     d_bias = go.sum(dim=0, dtype=compute_dtype(go)).to(weight.dtype)
     g_in = (go @ weight.to(go.dtype)).reshape(x.shape)
-    dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form, branchless)
+    dx, d_num, d_den = group_rational_backward(g_in, x, numerator, denominator, form, mode)
     return dx, d_num, d_den, d_weight, d_bias
