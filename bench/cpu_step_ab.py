@@ -5,7 +5,7 @@
 Compiles (``torch.compile(fullgraph=True)``) the timm ViT and KAT of ``--size`` (forward +
 cross-entropy + backward + AdamW, fp32) and, with ``--old-reduction``, a second KAT whose
 coefficient-gradient sums use the single strided reduction over dims (0, 2) that
-``fusedkat.ops.torch_impl._group_sum`` replaced; with ``--select``, a KAT traced with the
+``fusedkat.ops.torch_impl._group_sums`` replaced; with ``--select``, a KAT traced with the
 large-|x| exact path selected per element in the graph (``torch_impl`` mode ``"select"``, which
 the CPU lowering used before its ``"host"`` mode); then times ``--rounds`` rounds, each one step
 of every model in turn, and prints the median ms per step and the KAT/ViT ratios, with the load.
@@ -32,15 +32,15 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
 
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=img, num_classes=1000).train()
-    # A variant gets a backend of its own (an inductor option, set to its default's opposite only
-    # for caches): Dynamo would otherwise reuse the graph compiled for the same class just before
-    # (the parameters are graph inputs), and the variant would time the default's code.
-    options = {"force_disable_caches": True} if variant is not None else None
+    # A variant gets a backend of its own (an inductor option: no FX graph cache): Dynamo would
+    # otherwise reuse the graph compiled for the same class just before (the parameters are graph
+    # inputs, not guarded by identity), and the variant would time the default's code.
+    options = {"fx_graph_cache": False} if variant is not None else None
     run = torch.compile(model, fullgraph=True, options=options)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, img, img)
     y = torch.randint(0, 1000, (batch,))
-    new, mode = torch_impl._group_sum, lowering.traced_mode
+    new, mode = torch_impl._group_sums, lowering.traced_mode
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -56,7 +56,7 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
         fconfig.enable_autograd_cache = False
         iconfig.fx_graph_cache = False
         if variant == "old_reduction":
-            torch_impl._group_sum = lambda t: t.sum(dim=(0, 2))
+            torch_impl._group_sums = lambda terms, cpu: torch.stack([t.sum(dim=(0, 2)) for t in terms])
         elif variant == "select":
             lowering.traced_mode = lambda device: "select"
         else:
@@ -67,7 +67,7 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
         step()
         compile_s = time.perf_counter() - t0
     finally:
-        torch_impl._group_sum, lowering.traced_mode = new, mode
+        torch_impl._group_sums, lowering.traced_mode = new, mode
     return step, compile_s
 
 

@@ -29,13 +29,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _source_files() -> tuple[str, ...]:
-    import fusedkat.ops as fops
+    from fusedkat.ops.lowering import decomposition_sources
 
-    ops_dir = os.path.dirname(os.path.abspath(fops.__file__))
     mine = tuple(sorted(os.path.join(_HERE, f) for f in os.listdir(_HERE) if f.endswith(".py")))
-    theirs = tuple(os.path.join(ops_dir, f) for f in
-                   ("custom_ops.py", "torch_impl.py", "rational_math.py", "lowering.py", "dispatch.py"))
-    return mine + theirs
+    return mine + decomposition_sources()
 
 
 def _make_pass_class():

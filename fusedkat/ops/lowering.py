@@ -68,8 +68,9 @@ def traced_mode(device: torch.device) -> str:
     """How the decompositions reach the large-|x| exact path (:data:`torch_impl.MODES`).
 
     On CPU the flag of ``"host"`` is read for free (the data is in host memory), and the graph
-    then holds the direct evaluation alone: KAT-T's cold first compiled step took 0.70x the time of
-    the ``"select"`` graph, and its steady step 0.72x (bench.compile_time, 2-core CPU; issue 20).
+    then holds the direct evaluation alone: 0.61x the nodes per rational; KAT-T's compiled step
+    0.86x that of the ``"select"`` graph (bench.cpu_step_ab --select, fresh caches, 2-core CPU)
+    and its cold first step 2.58x -> 2.16-2.30x ViT-T's (bench.compile_time; issue 20).
     Elsewhere reading it would synchronise the device on every call, so the traced graph selects
     per element instead.
     """
@@ -113,8 +114,58 @@ def decompositions() -> dict[Any, Callable[..., Any]]:
     }
 
 
+def decomposition_sources() -> tuple[str, ...]:
+    """The files the decompositions' code comes from (what compiled graphs depend on)."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return tuple(os.path.join(here, f) for f in
+                 ("custom_ops.py", "torch_impl.py", "rational_math.py", "lowering.py", "dispatch.py",
+                  "validation.py"))
+
+
+def decomposition_key() -> tuple[str, str]:
+    """(hash of :func:`decomposition_sources`, :func:`lowering_state`): changes whenever the code a
+    compiled graph was traced from, or the lowering decision, could."""
+    from torch._inductor.custom_graph_pass import get_hash_for_files
+
+    return get_hash_for_files(decomposition_sources()).hex(), lowering_state()
+
+
+def _make_key_pass() -> Any:
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class DecompositionKeyPass(CustomGraphPass):
+        """A post-grad pass that does nothing; its ``uuid`` puts :func:`decomposition_key` into
+        inductor's (and AOTAutograd's) cache keys.  Those caches key on the Dynamo graph, where
+        the fusedkat ops are opaque, so without it a graph compiled by an older fusedkat (another
+        decomposition: e.g. one without the large-|x| rescue) was served unchanged after an
+        upgrade, or after FUSEDKAT_BACKEND changed (issue 20: nothing silent)."""
+
+        def __call__(self, graph: Any) -> None:
+            return None
+
+        def uuid(self) -> Any:
+            return decomposition_key()
+
+        def __repr__(self) -> str:
+            return "fusedkat.ops.lowering.DecompositionKeyPass()"
+
+    return DecompositionKeyPass()
+
+
+def _install_key_pass() -> None:
+    """Put the key pass in ``post_grad_custom_post_pass`` unless the user already set that slot (then
+    their pass decides the key, as it would without fusedkat)."""
+    import torch._inductor.config as inductor_config
+
+    if inductor_config.post_grad_custom_post_pass is None:
+        inductor_config.post_grad_custom_post_pass = _make_key_pass()
+
+
 def register_inductor_decompositions() -> None:
-    """Add the device-aware decompositions to inductor's table (idempotent; imports inductor)."""
+    """Add the device-aware decompositions to inductor's table and their source to its cache keys
+    (idempotent; imports inductor)."""
     global _registered
     with _lock:
         if _registered:
@@ -122,6 +173,7 @@ def register_inductor_decompositions() -> None:
         import torch._inductor.decomposition as inductor_decomp
 
         inductor_decomp.decompositions.update(decompositions())
+        _install_key_pass()
         _registered = True
 
 

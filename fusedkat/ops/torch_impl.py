@@ -11,6 +11,7 @@ returned in the coefficients' dtype.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import torch
@@ -85,15 +86,17 @@ def _all(ok: torch.Tensor) -> bool:
     return bool(ok.all())
 
 
-def _group_sum(term: torch.Tensor) -> torch.Tensor:
-    """``[M, g, K/g] -> (g,)``: the sum over every element of each group.  On CPU the rows are
-    summed first (contiguous, vectorised over K) and then each group's K/g columns: inductor's
-    generated code for that order ran the compiled GR-KAN backward at KAT-T's shape (1576 x 768,
-    g = 8) in 9.1 ms against 15.3 ms for one strided reduction over dims (0, 2) (2 threads; issue
-    21).  Other devices keep the single reduction (not measured there)."""
-    if term.device.type == "cpu":
-        return term.sum(dim=0).sum(dim=-1)
-    return term.sum(dim=(0, 2))
+def _group_sums(terms, cpu: bool) -> torch.Tensor:
+    """``[M, g, K/g]`` terms (an iterable, consumed one at a time) -> ``(len, g)``: each term's sum
+    over every element of each group.  On CPU the rows are summed first (contiguous, vectorised
+    over K) and then each group's K/g columns, all terms in one reduction: inductor's generated
+    code for that order ran the compiled GR-KAN backward at KAT-T's shape (1576 x 768, g = 8) in
+    9.1 ms against 15.3 ms for one strided reduction over dims (0, 2) (2 threads; issue 21), and
+    one stacked second stage is one node where one per term were m+n+1 (issue 20's compile time).
+    Other devices keep the single reduction per term (not measured there)."""
+    if cpu:
+        return torch.stack([term.sum(dim=0) for term in terms]).sum(dim=-1)
+    return torch.stack([term.sum(dim=(0, 2)) for term in terms])
 
 
 #: How the large-|x| exact path is reached (:func:`rational_math.forward`), per caller:
@@ -193,14 +196,17 @@ def _gradients(gg: torch.Tensor, t: rm.GradTerms, x: torch.Tensor, numerator: to
     dtype) and the per-element terms at x."""
     dx = (gg * t.dfdx).to(x.dtype).reshape(x.shape).contiguous()
     # dF/da_i and dF/db_j: sums over every element of a group of grad * (the per-element factor)
-    d_num_t = torch.stack([_group_sum(gg * w) for w in t.num_grad], dim=1)  # (g, m+1)
+    m1 = numerator.shape[1]
+    sums = _group_sums((gg * w for w in itertools.chain(t.num_grad, t.den_grad)),
+                       gg.device.type == "cpu")  # (m+1+n, g)
+    d_num_t = sums[:m1].t()  # (g, m+1)
     if numerator.shape[0] == 1:
         d_num_t = d_num_t.sum(dim=0, keepdim=True)
-    d_den = [_group_sum(gg * v) for v in t.den_grad]
-    if t.den_sign is not None:  # form A: sgn(b_j), constant per group, applied to the sums
-        d_den = [d * s.reshape(-1) for d, s in zip(d_den, t.den_sign)]
-    d_den_t = torch.stack(d_den, dim=1)  # (g, n)
-    return dx, d_num_t.to(numerator.dtype), d_den_t.to(denominator.dtype)
+    d_den_t = sums[m1:].t()  # (g, n)
+    if t.den_sign is not None:  # form A: sgn(b_j), constant per group, applied to the sums (one
+        # select on the (g, n) matrix: t.den_sign's per-column sgn() would be 4 nodes per column)
+        d_den_t = torch.where(denominator < 0, -d_den_t, d_den_t)
+    return dx, d_num_t.contiguous().to(numerator.dtype), d_den_t.contiguous().to(denominator.dtype)
 
 
 def rational_linear_forward(
