@@ -18,7 +18,7 @@ import fusedkat
 from fusedkat.ops import lowering, torch_impl
 
 
-def _inputs(form: str, seed: int, huge: bool, rows: int = 12, k: int = 32, groups: int = 4):
+def _inputs(seed: int, huge: bool, rows: int = 12, k: int = 32, groups: int = 4):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, k, generator=gen)
     if huge:  # a few |x| where x^5 overflows fp32 (the true F is finite: ~x)
@@ -35,7 +35,7 @@ def _inputs(form: str, seed: int, huge: bool, rows: int = 12, k: int = 32, group
 def test_the_three_modes_agree(form, huge):
     """"host" equals "eager" bit for bit (its rescue *is* the eager call); "select" is the same math
     selected per element, equal up to fp32 rounding; all finite."""
-    x, num, den, grad = _inputs(form, 1 + huge, huge)
+    x, num, den, grad = _inputs(1 + huge, huge)
     out = {m: (torch_impl.group_rational_forward(x, num, den, form, m),
                *torch_impl.group_rational_backward(grad, x, num, den, form, m)) for m in torch_impl.MODES}
     for e, h, s in zip(out["eager"], out["host"], out["select"]):
@@ -45,7 +45,7 @@ def test_the_three_modes_agree(form, huge):
 
 
 def test_unknown_mode_is_refused():
-    x, num, den, grad = _inputs("A", 0, False)
+    x, num, den, grad = _inputs(0, False)
     with pytest.raises(ValueError, match="unknown evaluation mode 'fast'"):
         torch_impl.group_rational_forward(x, num, den, "A", "fast")
     with pytest.raises(ValueError, match="unknown evaluation mode"):
@@ -55,7 +55,7 @@ def test_unknown_mode_is_refused():
 @pytest.mark.parametrize("ok", [True, False])
 def test_rescue_ops_pass_opcheck(ok):
     """The mutation and fake-tensor contracts of both rescue ops, with the flag either way."""
-    x, num, den, grad = _inputs("A", 3, True)
+    x, num, den, grad = _inputs(3, True)
     flag = torch.tensor(ok)
     f = torch_impl.group_rational_forward(x, num, den, "A")
     torch.library.opcheck(torch.ops.fusedkat.rescue_rational_.default, (f.clone(), flag, x, num, den, "A"))
@@ -65,7 +65,7 @@ def test_rescue_ops_pass_opcheck(ok):
 
 
 def test_rescue_overwrites_only_when_the_flag_is_false():
-    x, num, den, grad = _inputs("B", 4, True)
+    x, num, den, grad = _inputs(4, True)
     junk = torch.full(x.shape, 7.0)
     torch.ops.fusedkat.rescue_rational_(junk, torch.tensor(True), x, num, den, "B")
     assert (junk == 7.0).all()
@@ -87,7 +87,7 @@ def _nodes(fn, *args) -> int:
 def test_host_graph_is_the_direct_path_alone(form):
     """What inductor compiles per rational: "host" holds no 1/x evaluation, so its forward and
     backward graphs are at most 0.7x the nodes of "select" (measured 0.61x for form A)."""
-    x, num, den, grad = _inputs(form, 5, False)
+    x, num, den, grad = _inputs(5, False)
     counts = {}
     for m in ("host", "select"):
         counts[m] = (_nodes(lambda x, a, b: torch_impl.group_rational_forward(x, a, b, form, m), x, num, den)
@@ -123,9 +123,9 @@ def test_compiled_cpu_graph_rescues_exactly_when_needed(form, monkeypatch):
         return [y.detach()] + [t.grad for t in leaves]
 
     with fusedkat.use_backend("torch"):
-        run(compiled, *_inputs(form, 6, False))  # compiles (the decompositions call torch_impl while traced)
+        run(compiled, *_inputs(6, False))  # compiles (the decompositions call torch_impl while traced)
         for huge in (False, True):
-            x, num, den, grad = _inputs(form, 6, huge)
+            x, num, den, grad = _inputs(6, huge)
             fwd.calls = bwd.calls = 0
             got = run(compiled, x, num, den, grad)
             assert (fwd.calls, bwd.calls) == ((1, 1) if huge else (0, 0))

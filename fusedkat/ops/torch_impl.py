@@ -149,13 +149,13 @@ def group_rational_forward(
         f = rm.forward(a, b, xg, form, TorchMath)
     else:
         f, ok = rm.forward_direct(a, b, xg, form, TorchMath)
-        if mode == "host":
-            out = f.to(x.dtype).reshape(x.shape).contiguous()
-            return _rescued(torch.ops.fusedkat.rescue_rational_.default, dict(f=out), ok=ok.all(), x=x,
-                            numerator=numerator, denominator=denominator, form=form)[0]
-        if not _all(ok):
+        if mode == "eager" and not _all(ok):
             f = torch.where(ok, f, rm.forward_far(a, b, xg, form, TorchMath))
-    return f.to(x.dtype).reshape(x.shape).contiguous()
+    out = f.to(x.dtype).reshape(x.shape).contiguous()
+    if mode == "host":
+        return _rescued(torch.ops.fusedkat.rescue_rational_.default, dict(f=out), ok=ok.all(), x=x,
+                        numerator=numerator, denominator=denominator, form=form)[0]
+    return out
 
 
 def group_rational_backward(
