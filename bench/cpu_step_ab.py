@@ -1,12 +1,14 @@
 """Compiled KAT vs ViT training step on CPU, interleaved in one process (issue 21's CPU goal).
 
-    python -m bench.cpu_step_ab [--size T] [--batch 8] [--rounds 5] [--threads 2] [--old-reduction] [--select]
+    python -m bench.cpu_step_ab [--size T] [--batch 8] [--rounds 5] [--threads 2] [--inline] [--old-reduction] [--select]
 
 Compiles (``torch.compile(fullgraph=True)``) the timm ViT and KAT of ``--size`` (forward +
-cross-entropy + backward + AdamW, fp32) and, with ``--old-reduction``, a second KAT whose
+cross-entropy + backward + AdamW, fp32; the KAT's rationals as compiled-kernel calls, the default
+CPU lowering) and, with ``--inline``, a KAT whose rationals inductor inlines into the model's graph
+(``FUSEDKAT_CPU_LOWERING=inline``, the CPU lowering before); with ``--old-reduction``, an inlined KAT whose
 coefficient-gradient sums use the single strided reduction over dims (0, 2) that
 ``fusedkat.ops.torch_impl._group_sums`` replaced; with ``--select``, a KAT traced with the
-large-|x| exact path selected per element in the graph (``torch_impl`` mode ``"select"``, which
+large-|x| exact path selected per element in the inlined graph (``torch_impl`` mode ``"select"``, which
 the CPU lowering used before its ``"host"`` mode); then times ``--rounds`` rounds, each one step
 of every model in turn, and prints the median ms per step and the KAT/ViT ratios, with the load.
 """
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 
 
 def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
-    """(step, compile seconds) of a compiled training step; ``variant``: None, "old_reduction" or "select"."""
+    """(step, compile seconds) of a compiled training step; ``variant``: None, "inline", "old_reduction" or
+    "select" (the last three inline the rationals: FUSEDKAT_CPU_LOWERING=inline while tracing)."""
     import timm
 
     import fusedkat.models  # noqa: F401
@@ -41,6 +44,7 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
     x = torch.randn(batch, 3, img, img)
     y = torch.randint(0, 1000, (batch,))
     new, mode = torch_impl._group_sums, lowering.traced_mode
+    saved_env = os.environ.get("FUSEDKAT_CPU_LOWERING")
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -55,7 +59,10 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
 
         fconfig.enable_autograd_cache = False
         iconfig.fx_graph_cache = False
-        if variant == "old_reduction":
+        os.environ["FUSEDKAT_CPU_LOWERING"] = "inline"
+        if variant == "inline":
+            pass
+        elif variant == "old_reduction":
             torch_impl._group_sums = lambda terms, cpu: torch.stack([t.sum(dim=(0, 2)) for t in terms])
         elif variant == "select":
             lowering.traced_mode = lambda device: "select"
@@ -68,6 +75,10 @@ def _step_fn(name: str, batch: int, img: int, variant: Optional[str]):
         compile_s = time.perf_counter() - t0
     finally:
         torch_impl._group_sums, lowering.traced_mode = new, mode
+        if saved_env is None:
+            os.environ.pop("FUSEDKAT_CPU_LOWERING", None)
+        else:
+            os.environ["FUSEDKAT_CPU_LOWERING"] = saved_env
     return step, compile_s
 
 
@@ -78,6 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inline", action="store_true", help="also a KAT with the rationals inlined in the graph")
     p.add_argument("--old-reduction", action="store_true")
     p.add_argument("--select", action="store_true", help="also a KAT with the exact path selected in the graph")
     args = p.parse_args(argv)
@@ -85,6 +97,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = {"T": ("vit_tiny_patch16_224", "kat_tiny_patch16_224"), "S": ("vit_small_patch16_224", "kat_small_patch16_224")}
     vit, kat = names[args.size]
     variants = {"vit": (vit, None), "kat": (kat, None)}
+    if args.inline:
+        variants["kat_inline"] = (kat, "inline")
     if args.old_reduction:
         variants["kat_old_reduction"] = (kat, "old_reduction")
     if args.select:

@@ -84,6 +84,18 @@ def test_info_reports_the_kernel_calling_convention(capsys, monkeypatch):
     assert "kernel launches     error: FUSEDKAT_TVM_FFI='sometimes'" in capsys.readouterr().out
 
 
+def test_info_reports_the_cpu_lowering(capsys, monkeypatch):
+    monkeypatch.delenv("FUSEDKAT_CPU_LOWERING", raising=False)
+    assert main(["info"]) == 0
+    assert "compiled on CPU     kernels (FUSEDKAT_CPU_LOWERING" in capsys.readouterr().out
+    monkeypatch.setenv("FUSEDKAT_CPU_LOWERING", "inline")
+    assert main(["info"]) == 0
+    assert "compiled on CPU     inline (" in capsys.readouterr().out
+    monkeypatch.setenv("FUSEDKAT_CPU_LOWERING", "often")
+    assert main(["info"]) == 0
+    assert "compiled on CPU     error: FUSEDKAT_CPU_LOWERING='often'" in capsys.readouterr().out
+
+
 def test_info_reports_the_gemm_paths_where_the_kernels_run():
     from fusedkat.app.info import format_info
 

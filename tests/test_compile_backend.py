@@ -57,7 +57,15 @@ def _reference_forward(model: KATToy, x: torch.Tensor) -> torch.Tensor:
     return h.mean(dim=1) @ model.head.weight.detach().double().t() + model.head.bias.detach().double()
 
 
-def test_backend_fuses_decomposes_on_cpu_and_matches_eager():
+#: The opaque fusedkat calls each CPU lowering leaves in inductor's code (fusedkat.ops.lowering).
+_CPU_CALLS = {"kernels": {"rational_linear_cpu_kernel", "rational_linear_backward_cpu_kernel"},
+              "inline": {"rescue_rational_", "rescue_rational_backward_"}}
+
+
+@pytest.mark.parametrize("cpu_lowering", sorted(_CPU_CALLS))
+def test_backend_fuses_decomposes_on_cpu_and_matches_eager(cpu_lowering, monkeypatch):
+    monkeypatch.setenv("FUSEDKAT_CPU_LOWERING", cpu_lowering)
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = KATToy(depth=2)
     eager = copy.deepcopy(model)
@@ -71,14 +79,17 @@ def test_backend_fuses_decomposes_on_cpu_and_matches_eager():
     assert len(graphs) == 1 and graphs[0].fused == 4
     assert count_targets(graphs[0].graph, RL) == 4
     assert count_targets(graphs[0].graph, torch.ops.fusedkat.group_rational.default) == 0
-    # on CPU the lowering turned the op into torch ops inside inductor kernels: no opaque call
-    # left but the host-read large-|x| rescues (torch_impl's "host" mode), one per rational
-    assert len(codes) == 2  # forward and backward
-    for code in codes:
+    # on CPU the lowering turned the op either into its compiled-kernel twin ("kernels") or into
+    # torch ops inside inductor kernels, with no opaque call left but the host-read large-|x|
+    # rescues (torch_impl's "host" mode), one per rational ("inline")
+    # the model's forward and backward, and under "kernels" the 4 compiled kernels (2 shapes x
+    # forward/backward), which call no fusedkat op
+    outer = [c for c in codes if "torch.ops.fusedkat." in c]
+    assert len(outer) == 2 and len(codes) == (6 if cpu_lowering == "kernels" else 2)
+    for code in outer:
         calls = re.findall(r"torch\.ops\.fusedkat\.(\w+)", code)
-        assert calls and set(calls) <= {"rescue_rational_", "rescue_rational_backward_"}, calls
-    assert "fusedkat.rational_linear" in codes[0]  # ...but inductor's provenance comments name it
-
+        assert set(calls) <= _CPU_CALLS[cpu_lowering], calls
+    assert "fusedkat.rational_linear" in outer[0]  # ...and inductor's provenance comments name it
     ref_loss, ref_grads = _train_step(eager, x, target)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for name, g in ref_grads.items():

@@ -107,8 +107,10 @@ class _Counter:
 
 @pytest.mark.parametrize("form", ["A", "B"])
 def test_compiled_cpu_graph_rescues_exactly_when_needed(form, monkeypatch):
-    """torch.compile on CPU: ordinary inputs never reach the exact recomputation; a call with huge
-    |x| does, and its value and gradients are then the eager ones bit for bit."""
+    """torch.compile on CPU, rationals inlined: ordinary inputs never reach the exact recomputation;
+    a call with huge |x| does, and its value and gradients are then the eager ones bit for bit.
+    (The default "kernels" lowering's rescue is tests/test_cpu_kernels.py's.)"""
+    monkeypatch.setenv("FUSEDKAT_CPU_LOWERING", "inline")
     fwd = _Counter(torch_impl.group_rational_forward)
     bwd = _Counter(torch_impl.group_rational_backward)
     monkeypatch.setattr(torch_impl, "group_rational_forward", fwd)

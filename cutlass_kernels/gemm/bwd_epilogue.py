@@ -143,8 +143,10 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
     accumulator's partition of an ``[M, K]`` view in x's dtype): F(x) is stored there too.
     ``chunk_group`` (optional, one Int32 per entry of ``groups``): the chunks' coefficient groups,
     computed by the caller without division (else ``chunk_col // group_size`` here).  ``guard``
-    (default): the large-|x| exact evaluation of ``rational_math.grad_terms``; ``False`` evaluates
-    directly (``grad_terms_direct``: inf/NaN for |x| where x^m overflows fp32)."""
+    (default True): the large-|x| exact evaluation of ``rational_math.grad_terms`` per element;
+    ``"vector"``: the direct path with one warp-voted test per chunk and the exact path in a
+    uniform branch (:func:`_chunk_values_vector_guard`); ``False`` evaluates directly
+    (``grad_terms_direct``: inf/NaN for |x| where x^m overflows fp32)."""
     P = m + 1 + n
     rows = mC.shape[0]
     cols = mC.shape[1]
@@ -185,6 +187,22 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
     if cutlass.const_expr(group is None):
         group = cutlass.min(chunk_col // group_size, last_group)
     a, b = load_coefficients(mNum, mDen, group, m, n, shared_numerator)
+    if cutlass.const_expr(guard == "vector"):
+        sums, den_sign = _chunk_values_vector_guard(acc, tCcC, tCgX, a, b, rows, cols, idx, form, m, n, tCgF)
+    else:
+        sums, den_sign = _chunk_values(acc, tCcC, tCgX, a, b, rows, cols, idx, form, m, n, tCgF, guard)
+    if cutlass.const_expr(not per_element_sign):
+        for j in cutlass.range_constexpr(n):
+            sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
+    return sums, chunk_col
+
+
+@cute.jit
+def _chunk_values(acc, tCcC, tCgX, a, b, rows, cols, idx: cutlass.Constexpr, form: cutlass.Constexpr,
+                  m: cutlass.Constexpr, n: cutlass.Constexpr, tCgF, guard: cutlass.Constexpr):
+    """The chunk's values one at a time: ``guard`` True = per element exact (``rm.grad_terms``),
+    False = direct only (``rm.grad_terms_direct``).  Returns (sums, den_sign)."""
+    P = m + 1 + n
     sums = [cutlass.Float32(0.0) for _ in range(P)]  # comprehension: plain Python range
     den_sign = None
     for e in cutlass.range_constexpr(len(idx)):
@@ -208,7 +226,48 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
         for j in cutlass.range_constexpr(n):
             sums[m + 1 + j] = sums[m + 1 + j] + g * t.den_grad[j]
         den_sign = t.den_sign
-    if cutlass.const_expr(not per_element_sign):
-        for j in cutlass.range_constexpr(n):
-            sums[m + 1 + j] = sums[m + 1 + j] * den_sign[j]
-    return sums, chunk_col
+    return sums, den_sign
+
+
+def _flat_results(terms: list, gs: list, m: int, n: int) -> list:
+    """``[dx_0, F_0, dx_1, F_1, ..., sum_0, ..., sum_{P-1}]`` of a chunk from its per-value terms
+    and incoming gradients (the values one branch of :func:`_chunk_values_vector_guard` yields)."""
+    out = []
+    sums = None
+    for t, g in zip(terms, gs):
+        out = out + [g * t.dfdx, t.f]
+        per = [g * w for w in list(t.num_grad) + list(t.den_grad)]
+        sums = per if sums is None else [s_ + w for s_, w in zip(sums, per)]
+    return out + sums
+
+
+@cute.jit
+def _chunk_values_vector_guard(acc, tCcC, tCgX, a, b, rows, cols, idx: cutlass.Constexpr,
+                               form: cutlass.Constexpr, m: cutlass.Constexpr, n: cutlass.Constexpr, tCgF):
+    """The chunk's values by the direct path, with ONE large-|x| test for the whole chunk, voted
+    across the warp (``rm.grad_terms_many_direct``'s ``isfinite(sum P*Q)``, one FMA per value): if
+    any lane's chunk fails it, the warp redoes its chunk with the exact per-element path
+    (``rm.grad_terms``) in a uniform, rarely taken branch (``DslMath.fallback_warp``), so the exact
+    path is not if-converted into the epilogue (issue 20).  Returns (sums, den_sign)."""
+    L = len(idx)
+    P = m + 1 + n
+    xs = []
+    for e in cutlass.range_constexpr(L):
+        i = idx[e]
+        c = tCcC[i]
+        x = cutlass.Float32(0.0)
+        if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
+            x = tCgX[i].to(cutlass.Float32)
+        xs.append(x)
+    gs = [acc[idx[e]] for e in range(L)]
+    kept, ok = rm.grad_terms_many_direct(a, b, xs, form, DslMath)
+    vals = DslMath.fallback_warp(ok, _flat_results(kept, gs, m, n),
+                                 lambda: _flat_results([rm.grad_terms(a, b, x, form, DslMath) for x in xs], gs, m, n))
+    for e in cutlass.range_constexpr(L):
+        i = idx[e]
+        c = tCcC[i]
+        if cutlass.const_expr(tCgF is not None):
+            if cute.elem_less(c[0], rows) and cute.elem_less(c[1], cols):
+                tCgF[i] = vals[2 * e + 1].to(tCgF.element_type)
+        acc[i] = vals[2 * e]
+    return [vals[2 * L + p] for p in range(P)], kept[0].den_sign

@@ -274,11 +274,12 @@ class RationalDgradSm90Ws:
         dgrad_epilogue(acc, tCcC, thr_mma.partition_C(gX), mC, mWs, mNum, mDen, group_size, ws_row, lane,
                        groups, cfg.form, cfg.m, cfg.n, cfg.shared_numerator, tCgF=thr_mma.partition_C(gF),
                        chunk_group=chunk_group,
-                       # no large-|x| guard yet (issue 20): with it ptxas puts an IMAD.HI and the
-                       # 1/x path's reciprocals into this epilogue (126 slots per value, 3 MUFU.RCP
-                       # each); opt-in and unmeasured, this kernel returns inf/NaN where x^m
-                       # overflows fp32 (|x| > ~5e7) -- the unfused default and the old dgrad do not
-                       guard=False)
+                       # the large-|x| guard as one warp-voted test per chunk (issue 20): the
+                       # per-element guard put the 1/x path's reciprocals into this epilogue
+                       # (126 issue slots per value, 3 MUFU.RCP each).  The cooperative kernel
+                       # (bM = 128) has none yet: with it ptxas leaves the partials' idx // P
+                       # (IMAD.HI) in its epilogue; bwd_launch warns when it is chosen
+                       guard="vector" if self.pingpong else False)
         rows, cols = mC.shape[0], mC.shape[1]
         out = cute.make_fragment_like(acc, self.dtype)
         for i in cutlass.range_constexpr(cute.size(acc)):

@@ -141,11 +141,21 @@ def collect() -> dict:
         "kernel_launches": _calling_convention(),
         "device": dev,
         "backend_requested": os.environ.get("FUSEDKAT_BACKEND", "auto"),
+        "cpu_lowering": _cpu_lowering(),
         "ops": (ops := _ops_dispatch(device)),
         "rational_linear_gemms": _gemm_paths(device, ops),
         "gemm_decision_table": _decision_table(),
         "kernel_cache": _kernel_cache(),
     }
+
+
+def _cpu_lowering() -> str:
+    from fusedkat.ops import lowering
+
+    try:
+        return lowering.cpu_lowering()
+    except ValueError as e:  # a bad FUSEDKAT_CPU_LOWERING: report it, don't crash `info`
+        return f"error: {e}"
 
 
 def format_info(d: dict) -> str:
@@ -163,6 +173,8 @@ def format_info(d: dict) -> str:
         + (f" ({dev['capability']}, {dev['memory_bytes'] / 2**30:.1f} GiB)" if dev["type"] == "cuda"
            else f" ({dev['cpu_threads']} torch threads)"),
         f"backend requested   {d['backend_requested']} (FUSEDKAT_BACKEND)",
+        f"compiled on CPU     {d.get('cpu_lowering', 'kernels')} (FUSEDKAT_CPU_LOWERING: kernels = one "
+        "inductor-compiled kernel per op and shape; inline = inlined into the model's graph)",
         "ops on this device:",
     ]
     for op, v in d["ops"].items():

@@ -228,3 +228,7 @@ def _register_linear_autocast(device_type: str) -> None:
 
 for _device_type in ("cpu", "cuda"):
     _register_linear_autocast(_device_type)
+
+# the ``*_cpu_kernel`` twins that inductor's CPU lowering puts into compiled graphs: registered with
+# the ops themselves, so that a compiled graph loaded from inductor's cache finds them
+from . import cpu_kernels  # noqa: E402,F401

@@ -5,10 +5,14 @@ lowers a graph (AOTAutograd traces it with inductor's decomposition table), each
 
 * kept opaque, where :mod:`fusedkat.ops.dispatch` would run the CuTe kernel (a GPU with the fused
   kernel): the kernel is the whole point there, or
-* decomposed into the plain torch ops of :mod:`fusedkat.ops.torch_impl` (CPU, unsupported GPUs,
-  ``FUSEDKAT_BACKEND=torch``): inductor then fuses the Horner rational into the neighbouring
-  elementwise kernels (LayerNorm, bias, residual) and the coefficient-gradient reductions into one
-  pass, instead of calling the eager torch implementation with its many temporaries.
+* replaced, on a CPU, by its ``*_cpu_kernel`` twin: an opaque call whose implementation is the op's
+  torch code compiled by inductor once per shape (:mod:`fusedkat.ops.cpu_kernels`; compiling the
+  model then costs about what a ViT's does, however many rationals it has), or
+* decomposed into the plain torch ops of :mod:`fusedkat.ops.torch_impl` (unsupported GPUs,
+  ``FUSEDKAT_BACKEND=torch``, and CPUs with ``FUSEDKAT_CPU_LOWERING=inline``): inductor then fuses
+  the Horner rational into the neighbouring elementwise kernels (LayerNorm, bias, residual) and the
+  coefficient-gradient reductions into one pass, instead of calling the eager torch implementation
+  with its many temporaries.
 
 The decision is taken per call from the (fake) tensor's device when the graph is traced, with the
 same ``dispatch.choose`` that eager mode uses, so compiled and eager code run the same math.  The
@@ -67,31 +71,66 @@ def _keep_opaque() -> Any:
 def traced_mode(device: torch.device) -> str:
     """How the decompositions reach the large-|x| exact path (:data:`torch_impl.MODES`).
 
-    On CPU the flag of ``"host"`` is read for free (the data is in host memory), and the graph
-    then holds the direct evaluation alone: 0.61x the nodes per rational; KAT-T's compiled step
-    0.86x that of the ``"select"`` graph (bench.cpu_step_ab --select, fresh caches, 2-core CPU)
-    and its cold first step 2.58x -> 2.16-2.30x ViT-T's (bench.compile_time; issue 20).
+    Used where the op is inlined (on a CPU only with ``FUSEDKAT_CPU_LOWERING=inline``).  On CPU
+    the flag of ``"host"`` is read for free (the data is in host memory), and the graph then holds
+    the direct evaluation alone: 0.61x the nodes per rational; KAT-T's compiled step 0.86x that of
+    the ``"select"`` graph (bench.cpu_step_ab --select, fresh caches, 2-core CPU) and its cold first
+    step 2.58x -> 2.16-2.30x ViT-T's (bench.compile_time; issue 20).
     Elsewhere reading it would synchronise the device on every call, so the traced graph selects
     per element instead.
     """
     return "host" if device.type == "cpu" else "select"
 
 
+#: How inductor's CPU lowering runs the ops (``FUSEDKAT_CPU_LOWERING``): ``"kernels"`` (default) puts
+#: an opaque twin in the graph whose implementation is a small inductor-compiled kernel per shape
+#: (:mod:`fusedkat.ops.cpu_kernels`); ``"inline"`` decomposes the op into the graph (mode "host").
+CPU_LOWERINGS: tuple[str, ...] = ("kernels", "inline")
+
+
+def cpu_lowering() -> str:
+    """The requested CPU lowering (:data:`CPU_LOWERINGS`), from ``FUSEDKAT_CPU_LOWERING``."""
+    import os
+
+    value = os.environ.get("FUSEDKAT_CPU_LOWERING", "kernels").strip().lower() or "kernels"
+    if value not in CPU_LOWERINGS:
+        raise ValueError(f"FUSEDKAT_CPU_LOWERING={value!r} is not one of {CPU_LOWERINGS}")
+    return value
+
+
+def _twin(x: torch.Tensor, name: str):
+    """The compiled-kernel twin op of ``name`` where ``x`` lives on a CPU and that lowering is on."""
+    if x.device.type != "cpu" or cpu_lowering() != "kernels":
+        return None
+    from . import cpu_kernels  # noqa: F401  (registers the twins)
+
+    return getattr(torch.ops.fusedkat, name + "_cpu_kernel")
+
+
 def _group_rational(x, numerator, denominator, form="A"):
     if not decompose_on(x.device, "group_rational_forward"):
         return _keep_opaque()
+    twin = _twin(x, "group_rational")
+    if twin is not None:
+        return twin(x, numerator, denominator, form)
     return torch_impl.group_rational_forward(x, numerator, denominator, form, traced_mode(x.device))
 
 
 def _group_rational_backward(grad, x, numerator, denominator, form):
     if not decompose_on(x.device, "group_rational_backward"):
         return _keep_opaque()
+    twin = _twin(x, "group_rational_backward")
+    if twin is not None:
+        return twin(grad, x, numerator, denominator, form)
     return torch_impl.group_rational_backward(grad, x, numerator, denominator, form, traced_mode(x.device))
 
 
 def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
     if not decompose_on(x.device, "rational_linear_forward"):
         return _keep_opaque()
+    twin = _twin(x, "rational_linear")
+    if twin is not None:
+        return twin(x, numerator, denominator, weight, bias, form)
     return torch_impl.rational_linear_forward(x, numerator, denominator, weight, bias, form,
                                               traced_mode(x.device))
 
@@ -99,6 +138,9 @@ def _rational_linear(x, numerator, denominator, weight, bias=None, form="A"):
 def _rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form):
     if not decompose_on(x.device, "rational_linear_backward"):
         return _keep_opaque()
+    twin = _twin(x, "rational_linear_backward")
+    if twin is not None:
+        return twin(grad_out, x, numerator, denominator, weight, has_bias, form)
     return torch_impl.rational_linear_backward(grad_out, x, numerator, denominator, weight, has_bias, form,
                                                traced_mode(x.device))
 
@@ -120,7 +162,7 @@ def decomposition_sources() -> tuple[str, ...]:
 
     here = os.path.dirname(os.path.abspath(__file__))
     return tuple(os.path.join(here, f) for f in
-                 ("custom_ops.py", "torch_impl.py", "rational_math.py", "lowering.py", "dispatch.py",
+                 ("custom_ops.py", "cpu_kernels.py", "torch_impl.py", "rational_math.py", "lowering.py", "dispatch.py",
                   "validation.py"))
 
 
@@ -188,7 +230,7 @@ def lowering_state() -> str:
     It names the requested backend and, where CUDA is present, whether the CuTe kernels can run
     on the current GPU; CPUs always decompose.
     """
-    state = f"backend={dispatch.requested_backend()}"
+    state = f"backend={dispatch.requested_backend()};cpu={cpu_lowering()}"
     if torch.cuda.is_available():
         dev = torch.device("cuda", torch.cuda.current_device())
         reasons = [dispatch.cute_unavailable_reason(dev, op) for op in
