@@ -135,11 +135,11 @@ MEASURED_SLOTS = SassInputs(
 #: drift by more than 2%.  Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
 DEFAULT_SLOTS = SassInputs(
     fwd_loop=Slots(1092, 754, 348, 776), fwd_producer=Slots(34, 0, 4, 0), fwd_tile=Slots(1260, 284, 1236, 0),
-    dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(43, 0, 8, 0), dgrad_tile=Slots(8175, 6178, 1486, 1544),
+    dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(44, 0, 8, 0), dgrad_tile=Slots(8023, 6081, 1364, 1544),
     wgrad_loop=Slots(992, 736, 194, 768), wgrad_producer=Slots(59, 0, 16, 0), wgrad_tile=Slots(370, 66, 188, 8),
     f_body=27.0312, fwd_epilogue=6.95312, ew_fwd=16.3438, ew_bwd=51.375, ew_bwdf=53.25,
     ws_slots=14.875, source="stored SASS counts of today's kernels (DEFAULT_SLOTS)",
-    ws_dgrad_epi=89.4844, ws_dgrad_pp_epi=88.25)
+    ws_dgrad_epi=83.9062, ws_dgrad_pp_epi=80.0781)
 #: The elementwise variants profiled (the launcher's pick for bf16, K/g a multiple of 8).
 EW_VARIANTS = ("group_rational_fwd_bf16_A_v8", "group_rational_bwd_bf16_A_v8", "group_rational_bwdf_bf16_A_v8")
 

@@ -131,6 +131,24 @@ def _has(insns: list, first: int, last: int, prefix: str) -> bool:
     return any(op == prefix or op.startswith(prefix + ".") for _, _, op, _ in insns[first:last + 1])
 
 
+_IMM_RE = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)$")
+
+
+def counted_op(op: str, args: str) -> str:
+    """The opcode as the role counts record it: ``op``, except that an ``IMAD.HI`` whose multiplier
+    is an immediate power of two becomes ``IMAD.SHL...`` (same modifiers).  That instruction is the
+    high word of a left shift -- ptxas's 64-bit address arithmetic for an index times 2^k -- not a
+    division: a division by a constant multiplies by a magic number (``0xcccccccd`` for /10), a
+    runtime division goes through I2F / MUFU.RCP, and those stay in :data:`DIVISION_OPCODES`."""
+    if op.startswith("IMAD.HI"):
+        operands = [a.strip() for a in args.split(",")]
+        if len(operands) >= 3 and _IMM_RE.match(operands[2]):
+            value = int(operands[2], 0)
+            if value > 0 and value & (value - 1) == 0:
+                return "IMAD.SHL" + op[len("IMAD.HI"):]
+    return op
+
+
 def role_counts(sass: str) -> dict[str, collections.Counter]:
     """Full-opcode counts of each role's main loop body in a warp-specialized kernel's SASS.
 
@@ -157,17 +175,20 @@ def role_counts(sass: str) -> dict[str, collections.Counter]:
             if role == "transform":
                 cold = rescue_blocks(body)
                 if cold:
-                    out["transform_rescue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i in cold)
+                    out["transform_rescue"] = collections.Counter(
+                        counted_op(op, args) for i, (_, _, op, args) in enumerate(body) if i in cold)
                     body = [ins for i, ins in enumerate(body) if i not in cold]
-            out[role] = collections.Counter(op for _, _, op, _ in body)
+            out[role] = collections.Counter(counted_op(op, args) for _, _, op, args in body)
     epi = _epilogue_range(insns, found)
     if epi is not None:
         (a, b), (ca, cb) = epi
         body = [ins for i, ins in enumerate(insns[a:b + 1], a) if not ca <= i <= cb]
         cold = rescue_blocks(body)  # the large-|x| exact path, where it is a real branch
         if cold:
-            out["epilogue_rescue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i in cold)
-        out["epilogue"] = collections.Counter(op for i, (_, _, op, _) in enumerate(body) if i not in cold)
+            out["epilogue_rescue"] = collections.Counter(
+                counted_op(op, args) for i, (_, _, op, args) in enumerate(body) if i in cold)
+        out["epilogue"] = collections.Counter(counted_op(op, args) for i, (_, _, op, args) in enumerate(body)
+                                              if i not in cold)
     return out
 
 

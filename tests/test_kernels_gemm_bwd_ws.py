@@ -259,6 +259,23 @@ def test_role_counts_finds_the_epilogue_around_the_k_loop():
                                                            "MOV": 1}
 
 
+def test_role_counts_tell_a_shift_from_a_division():
+    """``IMAD.HI`` by an immediate 2^k (the high word of a 64-bit index shift) is counted as
+    ``IMAD.SHL`` and passes the division check; by a magic number (a division by a constant) or a
+    register it stays ``IMAD.HI`` and fails it."""
+    from cutlass_kernels import sass
+    from cutlass_kernels.gemm import ws_check
+
+    shift = _FAKE_DGRAD_SASS.replace("MUFU.RCP R6, R6 ;", "MUFU.RCP R6, R6 ;\n        /*0048*/               @P0 IMAD.HI.U32 R10, R11, 0x8, R8 ;")
+    assert sass.role_counts(shift)["epilogue"]["IMAD.SHL.U32"] == 1
+    assert not any("IMAD.HI" in f for f in ws_check.dgrad_role_failures(sass.role_counts(shift), _FIELDS))
+    for operands in ("R19, R97, -0x33333333, RZ", "R2, R97, 0x66666667, RZ", "R2, R3, R5, R2"):
+        div = _FAKE_DGRAD_SASS.replace("MUFU.RCP R6, R6 ;", f"MUFU.RCP R6, R6 ;\n        /*0048*/                   IMAD.HI.U32 {operands} ;")
+        roles = sass.role_counts(div)
+        assert roles["epilogue"]["IMAD.HI.U32"] == 1, operands
+        assert any("IMAD.HI" in f for f in ws_check.dgrad_role_failures(roles, _FIELDS)), operands
+
+
 def test_self_check_key_follows_the_backward_knobs(monkeypatch):
     """Switching FUSEDKAT_BWD_KERNEL (or the fused/unfused choice) in-process makes the first-use
     self-check of ``rational_linear_backward`` verify the newly selected kernel too."""

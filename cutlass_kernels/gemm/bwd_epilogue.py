@@ -165,10 +165,11 @@ def dgrad_epilogue(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mC: c
         if (lane & rest) == 0:
             for j in cutlass.range_constexpr(len(vals)):
                 idx = base + j
-                c = idx // P
+                c = cutlass.Int32(0)
                 col = chunk_cols[0]
                 for q in cutlass.range_constexpr(1, nb):
-                    col = cutlass.Int32(cutlass.select_(c == q, chunk_cols[q], col))
+                    c = cutlass.Int32(cutlass.select_(idx >= q * P, q, c))
+                    col = cutlass.Int32(cutlass.select_(idx >= q * P, chunk_cols[q], col))
                 if cute.elem_less(col, cols):
                     mWs[ws_row, col // CHUNK, idx - c * P] = vals[j]
 

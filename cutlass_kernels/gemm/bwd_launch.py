@@ -12,8 +12,8 @@
 
 Only x is needed (F(x) is recomputed inside the wgrad prologue).
 
-On sm_90 the default (``FUSEDKAT_BWD_KERNEL=sm90ws``, :func:`bwd_kernel`) is instead
-:func:`ws_backward`: the persistent warp-specialized dgrad of :mod:`.bwd_sm90ws` writes dx, the
+On sm_90 the default (``FUSEDKAT_BWD_KERNEL=sm90wspp``, or ``sm90ws`` for cooperative consumers;
+:func:`bwd_kernel`) is instead :func:`ws_backward`: the persistent warp-specialized dgrad of :mod:`.bwd_sm90ws` writes dx, the
 partials and ``[F(x) | 1 0 ...]`` in one pass, the fold as in 2., then one cuBLAS GEMM
 ``dY^T [F(x) | 1]`` gives dW and db together (no fused wgrad, no column reduction).
 ``FUSEDKAT_BWD_KERNEL=sm90`` keeps the TMA + WGMMA dgrad / fused wgrad pair below reachable.  The kernels are compiled on
@@ -23,9 +23,7 @@ through TVM-FFI when it is installed, like every other launched kernel (:mod:`cu
 """
 from __future__ import annotations
 
-import functools
 import os
-import warnings
 from typing import Optional
 
 import torch
@@ -123,24 +121,13 @@ SM90_KERNELS = ("sm90wspp", "sm90ws", "sm90")
 def bwd_kernel(device: torch.device) -> str:
     """The fused backward's kernel family for ``device``: ``sm80`` (mma.sync) off sm_90 or with
     ``FUSEDKAT_BWD_SM90=0``; on sm_90 ``FUSEDKAT_BWD_KERNEL`` (:data:`SM90_KERNELS`, default
-    ``sm90wspp``; ``sm90ws`` warns once: it has no large-|x| guard).  An unknown value is a ValueError, not a silent default."""
+    ``sm90wspp``).  An unknown value is a ValueError, not a silent default."""
     choice = os.environ.get(ENV_BWD_KERNEL, "") or SM90_KERNELS[0]
     if choice not in SM90_KERNELS:
         raise ValueError(f"{ENV_BWD_KERNEL}={choice!r}: expected one of {SM90_KERNELS}")
     if abi.device_info(device)[0][0] != 9 or os.environ.get("FUSEDKAT_BWD_SM90", "1") == "0":
         return "sm80"
-    if choice == "sm90ws":
-        _warn_unguarded()
     return choice
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_unguarded() -> None:
-    """Once per process: the cooperative sm90ws dgrad has no large-|x| guard (its epilogue
-    evaluates F directly; see bwd_sm90ws), so say so instead of returning inf/NaN silently."""
-    warnings.warn("FUSEDKAT_BWD_KERNEL=sm90ws: this dgrad has no large-|x| guard; gradients are inf/NaN "
-                  "where |x| exceeds ~5e7 (x^5 overflows fp32). sm90wspp (the default) and sm90 are exact "
-                  "there.", RuntimeWarning, stacklevel=3)
 
 
 def wgrad_and_bias(go: torch.Tensor, f_aug: torch.Tensor, k: int, weight_dtype: torch.dtype

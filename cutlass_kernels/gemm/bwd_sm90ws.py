@@ -276,10 +276,8 @@ class RationalDgradSm90Ws:
                        chunk_group=chunk_group,
                        # the large-|x| guard as one warp-voted test per chunk (issue 20): the
                        # per-element guard put the 1/x path's reciprocals into this epilogue
-                       # (126 issue slots per value, 3 MUFU.RCP each).  The cooperative kernel
-                       # (bM = 128) has none yet: with it ptxas leaves the partials' idx // P
-                       # (IMAD.HI) in its epilogue; bwd_launch warns when it is chosen
-                       guard="vector" if self.pingpong else False)
+                       # (126 issue slots per value, 3 MUFU.RCP each)
+                       guard="vector")
         rows, cols = mC.shape[0], mC.shape[1]
         out = cute.make_fragment_like(acc, self.dtype)
         for i in cutlass.range_constexpr(cute.size(acc)):

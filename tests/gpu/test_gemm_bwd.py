@@ -233,12 +233,14 @@ def test_compiled_training_step_matches_eager(fused, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.get_device_capability()[0] != 9, reason="the sm90ws dgrad runs on sm_90 only")
-@pytest.mark.parametrize("kernel", ["sm90wspp"])  # the cooperative sm90ws has no guard (it warns)
+@pytest.mark.parametrize("kernel", ["sm90ws", "sm90wspp"])
 @pytest.mark.parametrize("form", ["A", "B"])
 def test_sm90ws_backward_is_exact_for_huge_inputs(form, kernel, monkeypatch):
     """Issue 20 in issue 16's dgrad: where x^5 overflows fp32 (|x| > ~5e7) the epilogue's one
     warp-voted test per chunk sends that chunk down the exact per-element path; every gradient stays
     finite and matches the float64 reference, and the ordinary values of the same tiles too."""
+    if kernel == "sm90ws" and form == "B":
+        pytest.skip("the cooperative sm90ws dgrad is built for form A only")
     monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", kernel)
     go, x, num, den, w = _inputs(394, 192, 768, 8, True, torch.bfloat16, form, seed=29)
     gen = torch.Generator(device="cuda").manual_seed(31)
