@@ -38,10 +38,13 @@ def test_the_three_modes_agree(form, huge):
     x, num, den, grad = _inputs(1 + huge, huge)
     out = {m: (torch_impl.group_rational_forward(x, num, den, form, m),
                *torch_impl.group_rational_backward(grad, x, num, den, form, m)) for m in torch_impl.MODES}
-    for e, h, s in zip(out["eager"], out["host"], out["select"]):
+    for e, h, s, d in zip(out["eager"], out["host"], out["select"], out["direct"]):
         assert torch.isfinite(e).all()
         assert torch.equal(h, e)
         torch.testing.assert_close(s, e, rtol=1e-6, atol=1e-6 * e.abs().max().item())
+        if not huge:  # "direct" (flat layout, its own summation order) is valid only where direct_ok says
+            torch.testing.assert_close(d, e, rtol=1e-6, atol=1e-6 * e.abs().max().item())
+    assert bool(torch_impl.direct_ok(x, num, den, form)) is not huge
 
 
 def test_unknown_mode_is_refused():

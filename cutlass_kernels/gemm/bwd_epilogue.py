@@ -181,7 +181,6 @@ def _chunk_sums(acc: cute.Tensor, tCcC: cute.Tensor, tCgX: cute.Tensor, mNum: cu
                 group=None, guard: cutlass.Constexpr = True):
     """acc[idx] <- G * F'(x) for the values of one chunk (and F(x) -> ``tCgF`` if given); returns (this lane's sums of
     G * dF/d(a_0..a_m, b_1..b_n), the chunk's first column)."""
-    P = m + 1 + n
     per_element_sign = form == "B"
     col0 = tCcC[idx[0]][1]
     chunk_col = col0 - col0 % CHUNK

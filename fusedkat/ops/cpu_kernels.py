@@ -61,7 +61,7 @@ _lock = threading.Lock()  # one compile per key, also when threads call at once
 
 
 def compiled_kernels() -> tuple[KernelKey, ...]:
-    """The keys compiled so far in this process (for tests and ``fusedkat info``)."""
+    """The keys compiled so far in this process."""
     with _lock:
         return tuple(_cache)
 
