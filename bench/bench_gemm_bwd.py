@@ -10,10 +10,13 @@ Shapes: the KAT-T/S/B MLP layers at batch 128 (M = 128 * 197 tokens; K -> N = D 
   cuBLAS ``G = dY W``, the elementwise backward writing dx, the coefficient partials and
   ``[F(x) | 1]``, then one cuBLAS GEMM for dW and db together.
 * ``fused`` — :func:`cutlass_kernels.gemm.bwd_launch.rational_linear_backward`: on sm_90 issue 16's
-  persistent warp-specialized dgrad (epilogue: dx, partials, ``[F(x) | 1]``) + one cuBLAS GEMM for
-  dW and db; elsewhere the mma.sync dgrad + wgrad (F'(x) epilogue, F prologue).
-* ``fused_sm90wspp`` — sm_90 only: the same with ping-ponged consumers (``FUSEDKAT_BWD_KERNEL=sm90wspp``).
-* ``fused_sm90`` — sm_90 only: the old TMA + WGMMA dgrad + fused wgrad (``FUSEDKAT_BWD_KERNEL=sm90``).
+  persistent warp-specialized dgrad with ping-ponged consumers (epilogue: dx, partials,
+  ``[F(x) | 1]``) + one cuBLAS GEMM for dW and db; elsewhere the mma.sync dgrad + wgrad (F'(x)
+  epilogue, F prologue).
+* ``fused_sm90ws`` — sm_90 only: the same dgrad with cooperative consumers (``FUSEDKAT_BWD_KERNEL=sm90ws``).
+* ``fused_sm80`` — sm_90 only: the old fused pair still in the tree, the mma.sync dgrad + fused
+  wgrad (``FUSEDKAT_BWD_SM90=0``).  The sm_90a TMA + WGMMA pair the H100 measured on 2026-11-22 was
+  removed (``bwd_launch.REMOVED_SM90``).
 
 ``extra_info`` holds the shape and the ratio inputs; with ``--benchmark-disable`` each function runs
 once and the fused result is checked against the unfused one (so this file is also a GPU test).
@@ -33,7 +36,7 @@ from bench._harness import bench_size, measure
 
 pytestmark = pytest.mark.gpu
 
-IMPLS = ("cublas_linear_bwd", "unfused", "fused", "fused_sm90wspp", "fused_sm90")
+IMPLS = ("cublas_linear_bwd", "unfused", "fused", "fused_sm90ws", "fused_sm80")
 
 
 def _inputs(k: int, n_out: int):
@@ -65,10 +68,13 @@ def test_gemm_bwd(benchmark, impl, model, k, n_out, monkeypatch):
         def fn():
             return launch.rational_linear_backward(go, x, num, den, w, True, "A")
     else:
-        if impl in ("fused_sm90", "fused_sm90wspp"):
+        if impl in ("fused_sm90ws", "fused_sm80"):
             if torch.cuda.get_device_capability(device)[0] != 9:
-                pytest.skip(f"{impl} runs on sm_90 only")
-            monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", impl[len("fused_"):])
+                pytest.skip(f"{impl} is an sm_90 alternative")
+            if impl == "fused_sm80":
+                monkeypatch.setenv("FUSEDKAT_BWD_SM90", "0")
+            else:
+                monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90ws")
 
         def fn():
             return bwd_launch.rational_linear_backward(go, x, num, den, w, True, "A")

@@ -50,8 +50,13 @@ from .costmodel_data import DEFAULT_RESULTS, PROFILE_SHAPE, Measurement, load
 from .costmodel_hw import GPUS, H100, GpuSpec, spec_for
 
 OLD_FWD = "rational_gemm_fwd_sm90_bf16_A_n256_ga16"  # the config every KAT shape ran (128x256x64)
+#: The old sm_90a fused backward pair (removed from the tree in issue 16, after the H100 measured it
+#: at 3.8-11x a linear backward): its SASS counts are stored, see :data:`REMOVED_FIELDS`.
 OLD_DGRAD = "rational_gemm_dgrad_sm90_bf16_bf16_A"
 OLD_WGRAD = "rational_gemm_wgrad_sm90_bf16_fp32_A"
+#: SassInputs fields of kernels no longer in the tree: :func:`sass_inputs` takes them from
+#: :data:`DEFAULT_SLOTS` (their counts when last compiled, commit a32ef4f) instead of compiling.
+REMOVED_FIELDS = ("dgrad_loop", "dgrad_producer", "dgrad_tile", "wgrad_loop", "wgrad_producer", "wgrad_tile")
 WS_PREFIX = "rational_gemm_fwd_sm90ws_"
 WS_NAME = WS_PREFIX + "bf16_A"
 #: Issue 16's built dgrad: its epilogue role (``sass.role_counts``) replaces the design's estimate.
@@ -132,7 +137,7 @@ MEASURED_SLOTS = SassInputs(
     source="SASS of the kernels measured on the H100 (MEASURED_SLOTS)",
     ws_dgrad_epi=5732 / 64, ws_dgrad_pp_epi=5654 / 64)  # (not measured; kernels of issue 16)
 #: Today's kernels' sm_90a SASS; ``tests/test_costmodel.py`` recompiles them and fails if these
-#: drift by more than 2%.  Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
+#: drift by more than 2% (all but :data:`REMOVED_FIELDS`: the old dgrad / wgrad as last compiled).  Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
 DEFAULT_SLOTS = SassInputs(
     fwd_loop=Slots(1092, 754, 348, 776), fwd_producer=Slots(34, 0, 4, 0), fwd_tile=Slots(1260, 284, 1236, 0),
     dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(44, 0, 8, 0), dgrad_tile=Slots(8023, 6081, 1364, 1544),
@@ -172,13 +177,14 @@ def _ws_dgrad_epilogue_from_sass(text: str) -> Optional[float]:
 
 
 def sass_inputs(cache_dir: Optional[str] = None) -> SassInputs:
-    """Compile (or take from the build cache) the old kernels and profile them; look for sm90ws."""
+    """Compile (or take from the build cache) the old forward and the elementwise kernels and profile
+    them; look for sm90ws; the removed old dgrad / wgrad (:data:`REMOVED_FIELDS`) come stored."""
     from .costmodel_sass import elementwise_slots, find_variants, profile, transform_slots, variant_sass
 
-    f, d, w = (profile(variant_sass(n, "sm_90a", cache_dir)) for n in (OLD_FWD, OLD_DGRAD, OLD_WGRAD))
+    f = profile(variant_sass(OLD_FWD, "sm_90a", cache_dir))
     # elementwise: loop slots per element = per MUFU.RCP (one reciprocal per element)
     ew_slots = [elementwise_slots(variant_sass(n, "sm_90a", cache_dir)) for n in EW_VARIANTS]
-    ws, source = None, "compiled SASS (sm_90a)"
+    ws, source = None, "compiled SASS (sm_90a; the removed old dgrad / wgrad stored)"
     if WS_NAME in find_variants(WS_PREFIX):
         try:
             ws = _ws_slots_from_sass(variant_sass(WS_NAME, "sm_90a", cache_dir))
@@ -192,10 +198,9 @@ def sass_inputs(cache_dir: Optional[str] = None) -> SassInputs:
                 dgrad_epi[name] = _ws_dgrad_epilogue_from_sass(variant_sass(name, "sm_90a", cache_dir))
             except RuntimeError as e:
                 source += f"; {name} did not build ({str(e)[:120]}), its design is used"
+    stored = {name: getattr(DEFAULT_SLOTS, name) for name in REMOVED_FIELDS}
     return SassInputs(
-        Slots.of(f.loop), Slots.of(f.producer), Slots.of(f.prologue + f.epilogue),
-        Slots.of(d.loop), Slots.of(d.producer), Slots.of(d.prologue + d.epilogue),
-        Slots.of(w.loop), Slots.of(w.producer), Slots.of(w.prologue + w.epilogue),
+        Slots.of(f.loop), Slots.of(f.producer), Slots.of(f.prologue + f.epilogue), **stored,
         f_body=sum(transform_slots(f.loop).values()) / 32, fwd_epilogue=sum(f.epilogue.values()) / 128,
         ew_fwd=ew_slots[0], ew_bwd=ew_slots[1], ew_bwdf=ew_slots[2], ws_slots=ws, source=source,
         ws_dgrad_epi=dgrad_epi[WS_DGRAD_NAME], ws_dgrad_pp_epi=dgrad_epi[WS_DGRAD_PP_NAME])
@@ -294,8 +299,9 @@ def fused_fwd_us(spec: GpuSpec, f: km.Fit, inp: SassInputs, shape: tuple[int, in
 def fused_bwd_us(spec: GpuSpec, f: km.Fit, inp: SassInputs, shape: tuple[int, int, int], design: str = "new") -> float:
     """The fused backward: ``"new"`` on sm_90 = issue 16's kernel as built (its SASS epilogue
     slots, cooperative consumers: no epilogue/MMA overlap) when ``inp`` has them, else its design
-    (old dgrad epilogue counts, ping-pong); ``"old"``, and every arch below sm_90, the fused dgrad +
-    wgrad kernels in the tree."""
+    (old dgrad epilogue counts, ping-pong); ``"old"``, and every arch below sm_90, the old fused
+    dgrad + wgrad (sm_90a counts; below sm_90 scaled to the mma.sync tile, the kernels still in
+    the tree there)."""
     if design not in ("new", "old"):
         raise ValueError(f"design must be 'new' or 'old', got {design!r}")
     if spec.arch != "sm_90a" or design == "old":

@@ -115,7 +115,7 @@ def backward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[lis
                     ("unfused 3-launch", km.unfused_bwd_us(spec, f, shape, inp.ew_bwdf),
                      "cuBLAS x2 + elementwise (SASS) + fold"),
                     ("old fused bwd", fused_bwd_us(spec, f, inp, shape, "old"),
-                     f"SASS {OLD_DGRAD} + {OLD_WGRAD}" if hopper else "sm_90a SASS scaled to the 128x128x32 tile")]
+                     f"stored SASS {OLD_DGRAD} + {OLD_WGRAD} (removed)" if hopper else "sm_90a SASS scaled to the 128x128x32 tile")]
         if hopper:
             variants += [("new (issue 16)", km.new_bwd_us(spec, f, heavy, shape),
                           f"design: old dgrad epilogue + F = {heavy:.0f} slots/el; cuBLAS wgrad; fold"),

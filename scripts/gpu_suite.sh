@@ -24,9 +24,9 @@
 #                   fwdws (issue 15, ~6 min: tests/gpu/test_gemm_fwd.py against the sm90ws and the old
 #                   sm90 kernel, then bench_gemm_fwd without inductor/autotune: cuBLAS, unfused, sm90ws,
 #                   sm90, the _fid / _nomma diagnostics, GPU time by CUDA events, SM clocks logged);
-#                   bwdws (issue 16, ~6 min: tests/gpu/test_gemm_bwd.py -- sm90ws by default, the old
-#                   sm90 pair by FUSEDKAT_BWD_KERNEL=sm90 -- then bench_gemm_bwd's backward cases:
-#                   cuBLAS linear backward, unfused, sm90ws, sm90wspp, old sm90),
+#                   bwdws (issue 16, ~6 min: tests/gpu/test_gemm_bwd.py -- sm90wspp by default, sm90ws,
+#                   the mma.sync pair by FUSEDKAT_BWD_SM90=0 -- then bench_gemm_bwd's backward cases:
+#                   cuBLAS linear backward, unfused, sm90wspp, sm90ws, the mma.sync pair),
 #                   goal (issue 21, <= 8 min: bench.goal_table, KAT vs ViT T/S/B per composition CuTe fused /
 #                   unfused / decomposed, compiled / CUDA graphs / eager, batch 64 and 256, rows within
 #                   FUSEDKAT_GOAL_BUDGET s, then bench.profile_step's per-kernel-class split);
@@ -210,12 +210,12 @@ json.dump(out, open(sys.argv[-1], 'w'))" "$res"/model_step_{eager,compiled,cudag
       bwdws)
         rc_gemm=0; rc_tests=0
         nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem --format=csv > "$res/clocks_bwdws.txt" 2>&1 || true
-        log "issue 16: fused backward GPU tests (sm90ws default + the old sm90 pair)"
+        log "issue 16: fused backward GPU tests (sm90wspp default, sm90ws, the mma.sync pair)"
         (cd "$REPO" && timeout -k 10 "${FUSEDKAT_GPU_FILE_TIMEOUT:-420}" "$PY" -m pytest tests/gpu/test_gemm_bwd.py -q -rfE \
             -p no:cacheprovider -o addopts="" "${tmo[@]}" --junitxml "$res/junit_test_gemm_bwd_ws.xml" \
             > "$res/gpu_tests_bwdws.txt" 2>&1) || rc_tests=$?
         tail -4 "$res/gpu_tests_bwdws.txt" >&2; out_copy "$res/gpu_tests_bwdws.txt"
-        log "issue 16: backward benchmarks (linear, unfused, sm90ws, sm90wspp, old sm90; no layer steps)"
+        log "issue 16: backward benchmarks (linear, unfused, sm90wspp, sm90ws, mma.sync pair; no layer steps)"
         (cd "$REPO" && FUSEDKAT_BENCH_SIZE="${FUSEDKAT_BENCH_SIZE:-paper}" timeout -k 10 "${FUSEDKAT_GPU_BENCH_TIMEOUT:-300}" \
             "$PY" -m pytest bench/bench_gemm_bwd.py -q -rfE -p no:cacheprovider -o addopts="" \
             -k "test_gemm_bwd and not atomics" --benchmark-json "$res/bench_gemm_bwd_ws.json" \

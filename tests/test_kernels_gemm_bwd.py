@@ -85,11 +85,14 @@ def test_registered_variants_names_and_expectations():
 
     vs = variants()
     names = {v.name for v in vs}
-    assert len(names) == len(vs) == 22  # the cooperative sm90ws dgrad: form A only
+    # sm80 dgrad/wgrad x 2 dtypes x 2 forms, sm90wspp x 2 x 2, sm90ws x 2 (form A only); the old
+    # sm90 dgrad / wgrad pair is gone
+    assert len(names) == len(vs) == 14
+    assert not any("_sm90_" in name for name in names)
     for v in vs:
         assert "rational" in v.name and "gemm" in v.name
         ws = "_sm90ws_" in v.name or "_sm90wspp_" in v.name
-        mma = "HGMMA" if ("_sm90_" in v.name or ws) else "HMMA"
+        mma = "HGMMA" if ws else "HMMA"
         assert bool(v.role_check) == ws
         assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
@@ -108,7 +111,7 @@ def _bwd_entry(tmp_path, mode: str, kernel: str, ffi: bool):
 
     fields = {"mode": mode, "ab_dtype": "bf16", "c_dtype": "bf16" if mode == "dgrad" else "fp32", "form": "A",
               "m": 5, "n": 4, "shared_numerator": False, "kernel": kernel}
-    arch = "sm_90a" if kernel == "sm90" else "sm_80"
+    arch = "sm_80"
     prefix = f"fk_bwd_{mode}_{kernel}_{int(ffi)}"
     runtime._export(runtime._compile("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, ffi),
                     prefix, tmp_path, ffi)
@@ -127,9 +130,8 @@ def _bwd_problem(mode: str):
     return (go, x, torch.empty(n_out, k), x, ws, num, den), (rows, n_out // 8, k // 8, 24, g, g, k // g)
 
 
-@pytest.mark.parametrize("kernel", ["sm80", "sm90"])
 @pytest.mark.parametrize("mode", ["dgrad", "wgrad"])
-def test_launch_arguments_bind_to_the_compiled_entry(tmp_path, mode, kernel):
+def test_launch_arguments_bind_to_the_compiled_entry(tmp_path, mode):
     """What the launcher passes reaches the compiled backward entry in the intended slots: the
     AOT-loaded entry packs the arguments (the DSL's own marshalling, no GPU) and each packed value
     is the address or size meant for that parameter; TVM-FFI gets the same values as ints."""
@@ -139,7 +141,7 @@ def test_launch_arguments_bind_to_the_compiled_entry(tmp_path, mode, kernel):
 
     from cutlass_kernels.gemm.bwd_launch import launch_arguments
 
-    entry = _bwd_entry(tmp_path, mode, kernel, ffi=False)
+    entry = _bwd_entry(tmp_path, mode, "sm80", ffi=False)
     tensors, sizes = _bwd_problem(mode)
     args = launch_arguments(*tensors, ffi=False)  # kept alive: exe points into these objects
     exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
@@ -158,7 +160,7 @@ def test_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, mode):
     CUDA driver; a wrong count or type fails the checks."""
     from cutlass_kernels.gemm.bwd_launch import launch_arguments
 
-    fn = _bwd_entry(tmp_path, mode, "sm90", ffi=True)
+    fn = _bwd_entry(tmp_path, mode, "sm80", ffi=True)
     args = launch_arguments(*_bwd_problem(mode)[0], ffi=True)
     with pytest.raises(RuntimeError, match="(?i)cuda"):
         fn(*args, 0)
@@ -177,17 +179,17 @@ def test_pointer_entry_builds_the_tensor_interface_layouts(tmp_path):
     from cutlass_kernels import dsl, sass
     from cutlass_kernels.gemm import bwd_compile
 
-    fields = {"mode": "dgrad", "ab_dtype": "bf16", "c_dtype": "bf16", "form": "A", "kernel": "sm90"}
+    fields = {"mode": "dgrad", "ab_dtype": "bf16", "c_dtype": "bf16", "form": "A", "kernel": "sm80"}
     counts = []
     for i, fn in enumerate((bwd_compile.compile_variant, bwd_compile.compile_tensor_variant)):
-        compiled = fn("sm_90a", dsl.compile_options("sm_90a", tmp_path / f"dump{i}"), **fields)
+        compiled = fn("sm_80", dsl.compile_options("sm_80", tmp_path / f"dump{i}"), **fields)
         cubin = tmp_path / f"k{i}.cubin"
         cubin.write_bytes(dsl.compiled_cubin(compiled))
         info = sass.inspect_cubin(cubin)
-        counts.append({op: info["sass"].get(op, 0) for op in ("HGMMA", "SHFL", "LDL", "STL")}
+        counts.append({op: info["sass"].get(op, 0) for op in ("HMMA", "SHFL", "LDL", "STL")}
                       | {op: info["sass_full"].get(op, 0) for op in ("LDG.E.128", "STG.E.128")})
     assert counts[0] == counts[1], counts
-    assert counts[0]["HGMMA"] > 0 and counts[0]["LDG.E.128"] > 0 and counts[0]["LDL"] == 0
+    assert counts[0]["HMMA"] > 0 and counts[0]["LDG.E.128"] > 0 and counts[0]["LDL"] == 0
 
 
 class _NumpyWarp:

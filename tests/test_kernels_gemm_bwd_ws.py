@@ -122,8 +122,9 @@ def test_ws_launch_arguments_bind_to_the_compiled_entry(tmp_path):
 
 
 def test_bwd_kernel_knob(monkeypatch):
-    """sm_90: sm90ws unless FUSEDKAT_BWD_KERNEL=sm90 (or FUSEDKAT_BWD_SM90=0: mma.sync); other
-    majors: mma.sync; an unknown value is an error.  The capability query is replaced (no GPU)."""
+    """sm_90: sm90wspp unless FUSEDKAT_BWD_KERNEL says sm90ws (or FUSEDKAT_BWD_SM90=0: mma.sync);
+    other majors: mma.sync; the removed sm90 pair and an unknown value are errors that say so.
+    The capability query is replaced (no GPU)."""
     from cutlass_kernels import abi
 
     cuda0 = torch.device("cuda", 0)
@@ -132,7 +133,8 @@ def test_bwd_kernel_knob(monkeypatch):
     monkeypatch.setattr(abi, "device_info", lambda device: ((9, 0), 132))
     assert bwd_launch.bwd_kernel(cuda0) == "sm90wspp"  # the ping-pong kernel: the model's pick
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90")
-    assert bwd_launch.bwd_kernel(cuda0) == "sm90"
+    with pytest.raises(ValueError, match="was removed.*lost to the unfused backward"):
+        bwd_launch.bwd_kernel(cuda0)
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90ws")
     assert bwd_launch.bwd_kernel(cuda0) == "sm90ws"
     monkeypatch.setenv(bwd_launch.ENV_BWD_KERNEL, "sm90wspp")
@@ -284,7 +286,7 @@ def test_self_check_key_follows_the_backward_knobs(monkeypatch):
     monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "1")
     monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90ws")
     first = launch._backward_route()
-    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90")
+    monkeypatch.setenv("FUSEDKAT_BWD_KERNEL", "sm90wspp")
     second = launch._backward_route()
     monkeypatch.setenv("FUSEDKAT_FUSED_BWD", "0")
     assert len({first, second, launch._backward_route()}) == 3

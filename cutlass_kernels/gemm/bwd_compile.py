@@ -160,23 +160,19 @@ def fake_ws_pointer_arguments(cfg: BwdConfig) -> tuple:
 
 
 def kernel_object(cfg: BwdConfig) -> Any:
-    """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90" TMA + WGMMA,
-    "sm90ws" the persistent warp-specialized dgrad)."""
+    """The kernel class instance of ``cfg`` (``kernel``: "sm80" mma.sync, "sm90ws" / "sm90wspp" the
+    persistent warp-specialized dgrad)."""
     if cfg.kernel in ("sm90ws", "sm90wspp"):
         from .bwd_sm90ws import RationalDgradSm90Ws
 
         return RationalDgradSm90Ws(cfg)
-    if cfg.kernel == "sm90":
-        from .bwd_sm90 import RationalBwdSm90
-
-        return RationalBwdSm90(cfg)
     return RationalBwdSm80(cfg)
 
 
 def config_of(mode: str, ab_dtype: str, c_dtype: str, form: str, m: int = 5, n: int = 4,
               shared_numerator: bool = True, kernel: str = "sm80") -> BwdConfig:
-    """The :class:`BwdConfig` of a registry / launcher field set (sm90: its one tile and depth)."""
-    if kernel in ("sm90", "sm90ws", "sm90wspp"):
+    """The :class:`BwdConfig` of a registry / launcher field set (sm90ws*: its one tile and depth)."""
+    if kernel in ("sm90ws", "sm90wspp"):
         return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator, tile=(128, 128, 64), stages=4,
                          kernel=kernel)
     return BwdConfig(mode, ab_dtype, c_dtype, form, m, n, shared_numerator)

@@ -16,7 +16,8 @@ On sm_90 the default (``FUSEDKAT_BWD_KERNEL=sm90wspp``, or ``sm90ws`` for cooper
 :func:`bwd_kernel`) is instead :func:`ws_backward`: the persistent warp-specialized dgrad of :mod:`.bwd_sm90ws` writes dx, the
 partials and ``[F(x) | 1 0 ...]`` in one pass, the fold as in 2., then one cuBLAS GEMM
 ``dY^T [F(x) | 1]`` gives dW and db together (no fused wgrad, no column reduction).
-``FUSEDKAT_BWD_KERNEL=sm90`` keeps the TMA + WGMMA dgrad / fused wgrad pair below reachable.  The kernels are compiled on
+Elsewhere (sm_80-89, or ``FUSEDKAT_BWD_SM90=0``) the mma.sync dgrad / fused wgrad pair below runs
+(the sm_90a TMA + WGMMA pair was removed: :data:`REMOVED_SM90`).  The kernels are compiled on
 first use per (variant, device arch) through :func:`cutlass_kernels.runtime.get_kernel` (AOT disk
 cache) as pointer-ABI entries (:class:`~cutlass_kernels.gemm.bwd_compile.PointerEntry`), called
 through TVM-FFI when it is installed, like every other launched kernel (:mod:`cutlass_kernels.abi`).
@@ -114,8 +115,13 @@ def launch_arguments(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x2: torc
 ENV_BWD_KERNEL = "FUSEDKAT_BWD_KERNEL"
 #: ``FUSEDKAT_BWD_KERNEL`` values on sm_90 (unset = the first): the persistent warp-specialized
 #: dgrad + one cuBLAS GEMM ``dY^T [F(x) | 1]`` (:mod:`.bwd_sm90ws`; ``sm90wspp``: its ping-ponged
-#: consumers), or the TMA + WGMMA dgrad and fused wgrad of :mod:`.bwd_sm90`.
-SM90_KERNELS = ("sm90wspp", "sm90ws", "sm90")
+#: consumers, ``sm90ws``: cooperative ones).
+SM90_KERNELS = ("sm90wspp", "sm90ws")
+#: Why ``FUSEDKAT_BWD_KERNEL=sm90`` is refused (it chose the old TMA + WGMMA dgrad / fused wgrad).
+REMOVED_SM90 = ("FUSEDKAT_BWD_KERNEL=sm90 (the TMA + WGMMA dgrad with the fused wgrad) was removed: on the H100 "
+                "it cost 3.8-11x a linear backward and lost to the unfused backward at every KAT shape "
+                "(bench/results/2026-11-22-*).  Use sm90wspp (the default), sm90ws, FUSEDKAT_BWD_SM90=0 "
+                "(the mma.sync pair) or FUSEDKAT_FUSED_BWD=0 (the unfused backward)")
 
 
 def bwd_kernel(device: torch.device) -> str:
@@ -123,6 +129,8 @@ def bwd_kernel(device: torch.device) -> str:
     ``FUSEDKAT_BWD_SM90=0``; on sm_90 ``FUSEDKAT_BWD_KERNEL`` (:data:`SM90_KERNELS`, default
     ``sm90wspp``).  An unknown value is a ValueError, not a silent default."""
     choice = os.environ.get(ENV_BWD_KERNEL, "") or SM90_KERNELS[0]
+    if choice == "sm90":
+        raise ValueError(REMOVED_SM90)
     if choice not in SM90_KERNELS:
         raise ValueError(f"{ENV_BWD_KERNEL}={choice!r}: expected one of {SM90_KERNELS}")
     if abi.device_info(device)[0][0] != 9 or os.environ.get("FUSEDKAT_BWD_SM90", "1") == "0":
@@ -175,7 +183,7 @@ def ws_backward(go: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, num32: torc
 
     if kernel == "sm90ws" and form != "A":
         raise RuntimeError(f"FUSEDKAT_BWD_KERNEL=sm90ws supports form A only (form {form!r}: its build fails "
-                           "the epilogue's division check); use sm90wspp (the default) or sm90")
+                           "the epilogue's division check); use sm90wspp (the default)")
 
     rows, k = x2.shape
     g, m = den32.shape[0], num32.shape[1] - 1
@@ -253,7 +261,7 @@ def rational_linear_backward(
     if family.startswith("sm90ws"):
         dx, d_num, d_den, dw, db = ws_backward(go, x2, w, num32, den32, form, weight.dtype, family)
         return (dx.reshape(x.shape), d_num.to(numerator.dtype), d_den.to(denominator.dtype), dw, db)
-    # 1. dgrad + coefficient partials
+    # 1. dgrad + coefficient partials (the mma.sync pair of bwd_sm80)
     common = {"form": form, "m": m, "n": n, "shared_numerator": shared, "kernel": family}
     dgrad = {"mode": "dgrad", "ab_dtype": ab, "c_dtype": ab, **common}
     dcfg = config_of(**dgrad)

@@ -53,7 +53,7 @@ class BwdConfig:
     # 8 warps (warp tile 64x32): 4 warps (64x64) spill in wgrad (255 regs) once F is in the loop.
     atoms: Tuple[int, int, int] = (2, 4, 1)
     stages: int = 3
-    kernel: str = "sm80"  # "sm80": mma.sync (this module); "sm90": TMA + WGMMA (bwd_sm90);
+    kernel: str = "sm80"  # "sm80": mma.sync (this module);
     # "sm90ws": the persistent warp-specialized dgrad that also writes F(x) (bwd_sm90ws, dgrad only);
     # "sm90wspp": the same with ping-ponged consumer warpgroups (64-row tiles each)
 
@@ -69,14 +69,14 @@ class BwdConfig:
             raise ValueError("dgrad writes dx in x's dtype: c_dtype must equal ab_dtype")
         bm, bn, bk = self.tile
         am, an, ak = self.atoms
-        if self.kernel in ("sm90", "sm90ws", "sm90wspp"):
+        if self.kernel in ("sm90ws", "sm90wspp"):
             if self.tile != (128, 128, 64) or self.stages < 2:
                 raise ValueError(f"the {self.kernel} backward kernels use the tile (128, 128, 64)")
-            if self.kernel.startswith("sm90ws") and self.mode != "dgrad":
+            if self.mode != "dgrad":
                 raise ValueError(f"the {self.kernel} backward kernel is a dgrad (dW is one cuBLAS GEMM)")
             return
         if self.kernel != "sm80":
-            raise ValueError(f"kernel must be 'sm80', 'sm90', 'sm90ws' or 'sm90wspp', got {self.kernel!r}")
+            raise ValueError(f"kernel must be 'sm80', 'sm90ws' or 'sm90wspp', got {self.kernel!r}")
         if ak != 1 or bm % (16 * am) or bn % (16 * an) or bk % 16 or self.stages < 3:
             raise ValueError(f"unsupported tile/atoms/stages {self.tile} {self.atoms} {self.stages}")
 
@@ -87,14 +87,14 @@ class BwdConfig:
 
     @property
     def num_threads(self) -> int:
-        if self.kernel in ("sm90", "sm90ws", "sm90wspp"):
+        if self.kernel in ("sm90ws", "sm90wspp"):
             return 128 * (self.tile[0] // 64)  # one consumer warpgroup per 64 rows (sm90ws: + a producer)
         return 32 * self.atoms[0] * self.atoms[1]
 
     @property
     def ws_rows_per_tile(self) -> int:
         """dgrad partial slots per M tile: the warps with distinct rows (see bwd_epilogue)."""
-        return self.tile[0] // 16 if self.kernel in ("sm90", "sm90ws", "sm90wspp") else self.atoms[0]
+        return self.tile[0] // 16 if self.kernel in ("sm90ws", "sm90wspp") else self.atoms[0]
 
     def key(self) -> str:
         """Short stable name, used in variant names and caches."""

@@ -3,9 +3,11 @@ wgrad with the rational prologue).  Imported by ``cutlass_kernels.gemm.variants`
 
 Names: ``rational_gemm_{dgrad|wgrad}_sm80_{ab}_{c}_{form}`` (``sm80``: the mma.sync kernel family).
 The CI build compiles them for sm_80 only, to keep its time down (they also compile for sm_90a,
-0 spills, which is what the launcher JIT-compiles on Hopper with ``FUSEDKAT_BWD_SM90=0``).  ``rational_gemm_{dgrad|wgrad}_sm90_*``: the TMA +
-WGMMA kernels of :mod:`.bwd_sm90` (``FUSEDKAT_BWD_KERNEL=sm90``).  ``rational_gemm_dgrad_sm90ws_*``: the
-persistent warp-specialized dgrad of :mod:`.bwd_sm90ws`, the fused backward's default on sm_90.
+0 spills, which is what the launcher JIT-compiles on Hopper with ``FUSEDKAT_BWD_SM90=0``).
+``rational_gemm_dgrad_{sm90wspp|sm90ws}_*``: the persistent warp-specialized dgrads of
+:mod:`.bwd_sm90ws`, the fused backward on sm_90 (ping-pong consumers the default).  The TMA + WGMMA
+dgrad / fused-wgrad pair that preceded them was removed (issue 16): on the H100 it cost 3.8-11x a
+linear backward and lost to the unfused backward at all six KAT shapes (``bench/results/2026-11-22-*``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ..registry import Variant, make_variant
 
 _TARGET = "cutlass_kernels.gemm.bwd_compile:compile_variant"
 SOURCES: tuple[str, ...] = ("fusedkat.ops.rational_math", "cutlass_kernels.dsl", "cutlass_kernels.gemm.common",
-                            "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90", "cutlass_kernels.gemm.bwd_sm90ws",
+                            "cutlass_kernels.gemm.bwd_sm80", "cutlass_kernels.gemm.bwd_sm90ws",
                             "cutlass_kernels.gemm.bwd_epilogue", "cutlass_kernels.gemm.sm90_common",
                             "cutlass_kernels.gemm.bwd_compile")
 #: dW is written in fp32 (the usual dtype of master weights under autocast); the launcher casts
@@ -42,21 +44,6 @@ def variants() -> list[Variant]:
                     variant_name(mode, ab, c, form), _TARGET,
                     {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form},
                     arches=("sm_80",), expect_sass=expect, sources=SOURCES))
-    # Hopper: TMA + WGMMA (SS); 4 x 64x128x16 HGMMA per 64-wide k-tile.  wgrad: F on 32 elements
-    # per thread per stage (32 MUFU.RCP in the loop body).
-    for mode in ("dgrad", "wgrad"):
-        for ab in ("bf16", "fp16"):
-            for form in rm.FORMS:
-                c = ab if mode == "dgrad" else WGRAD_OUT
-                expect = {"HGMMA": 4, "MUFU.RCP": 1}
-                if mode == "dgrad":
-                    expect["SHFL.BFLY"] = 1
-                else:
-                    expect["MUFU.RCP"] = 32
-                out.append(make_variant(
-                    f"rational_gemm_{mode}_sm90_{ab}_{c}_{form}", _TARGET,
-                    {"mode": mode, "ab_dtype": ab, "c_dtype": c, "form": form, "kernel": "sm90"},
-                    arches=("sm_90a",), expect_sass=expect, sources=SOURCES))
     # Hopper, issue 16: the persistent warp-specialized dgrad whose epilogue also writes F(x)
     # (bwd_sm90ws); dW and db come from one cuBLAS GEMM.  Per-role SASS check: ws_check.
     # ``sm90wspp``: the same with ping-ponged consumer warpgroups (FUSEDKAT_BWD_KERNEL=sm90wspp).
