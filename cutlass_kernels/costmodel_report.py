@@ -120,7 +120,10 @@ def backward_table(spec: GpuSpec, f: km.Fit, inp: SassInputs, meas: Optional[lis
             variants += [("new (issue 16)", km.new_bwd_us(spec, f, heavy, shape),
                           f"design: old dgrad epilogue + F = {heavy:.0f} slots/el; cuBLAS wgrad; fold"),
                          ("new, lean epi", km.new_bwd_us(spec, f, lean, shape),
-                          f"design: epilogue as lean as the elementwise kernel, {lean:.0f} slots/el")]
+                          f"design: epilogue as lean as the elementwise kernel, {lean:.0f} slots/el"),
+                         # the design's floor: what saving only x costs in memory traffic alone
+                         ("new, free epi", km.new_bwd_us(spec, f, 0.0, shape),
+                          "floor: an epilogue of 0 slots (reads x, writes dx and [F(x) | 1])")]
             if inp.ws_dgrad_epi is not None:
                 built = inp.ws_dgrad_epi
                 variants += [("sm90ws (built)", km.new_bwd_us(spec, f, built, shape, pingpong=False),

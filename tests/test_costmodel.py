@@ -216,3 +216,18 @@ def test_a_registered_ws_variant_that_does_not_build_falls_back_to_the_design(mo
     inp = cm.sass_inputs()
     assert inp.ws_slots is None and "did not build" in inp.source
     assert "design" in cm.ws_design(inp).source
+
+
+def test_backward_floor_bounds_every_ws_prediction(rep):
+    """The free-epilogue row (memory and MMA only) is at or below every issue-16 design and build
+    at each shape, and above the linear backward where the dgrad's extra bytes dominate (fc2, N = K/4):
+    the reason the 1.10x goal is out of reach there while only x is saved."""
+    by_shape: dict = {}
+    for r in rep["backward"]:
+        by_shape.setdefault(r["shape"], {})[r["variant"]] = r["predicted_us"]
+    for shape, v in by_shape.items():
+        floor = v["new, free epi"]
+        for name in ("new (issue 16)", "new, lean epi", "sm90ws (built)", "sm90wspp (built)"):
+            assert floor <= v[name] * (1 + 1e-9), (shape, name)
+        if shape.endswith("fc2") and not shape.startswith("KAT-B"):
+            assert floor > 1.10 * v["linear backward"], shape
