@@ -122,6 +122,59 @@ def test_one_kernel_per_key_shared_by_layers_of_one_shape():
     assert len(set(keys)) == 4
 
 
+def _check_against_reference(fn, tensors, form, seed):
+    y, grads, g = _value_and_grads(fn, tensors, seed)
+    ref_fn = lambda x, num, den, w, b: reference_rational_linear(x, num, den, w, b, form)  # noqa: E731
+    want = reference_rational_linear(*tensors, form)
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    for got, ref in zip(grads, reference_grads(ref_fn, g, *tensors)):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_a_second_row_count_compiles_one_kernel_for_every_row_count():
+    """Batch sizes 5 (x [5, 4, 32]), 3, 7 and 2 through one compiled GR-KAN: the first gets kernels
+    specialised to its M, the second a forward and a backward for every M, which the later ones
+    reuse (no compile per batch size); every result against the float64 reference."""
+    form = "B"
+    fn = torch.compile(lambda x, n, d, w, b: fusedkat.rational_linear(x, n, d, w, b, form=form), fullgraph=True)
+    x, num, den, w, b = _inputs(71, rows=40)  # [2, 20, 32]
+    xs = x.reshape(10, 4, 32)
+    _check_against_reference(fn, (xs[:5], num, den, w, b), form, 1)
+    first = cpu_kernels.compiled_kernels()
+    assert sorted(k.shapes[0][0] for k in first) == [20, 20]  # M = 5 * 4, forward and backward
+    _check_against_reference(fn, (xs[5:8], num, den, w, b), form, 2)
+    second = cpu_kernels.compiled_kernels()
+    assert second[:2] == first and len(second) == 4
+    assert all(k.shapes[0][0] == -1 and k == k.any_rows() for k in second[2:])
+    for i, rows in enumerate((slice(0, 7), slice(8, 10))):
+        _check_against_reference(fn, (xs[rows], num, den, w, b), form, 3 + i)
+    assert cpu_kernels.compiled_kernels() == second
+
+
+def test_a_row_count_the_guards_refuse_gets_its_own_kernel(monkeypatch):
+    """A kernel for every M is used only where its compile-time guards hold: with them refusing,
+    the next M compiles another (and M = 1, which a trace would specialise, stays specialised)."""
+    x, num, den, w, b = _inputs(81, rows=16)
+    x2 = x.reshape(16, 32)
+    for rows in (6, 9):
+        y = cpu_kernels.run("rational_linear_forward", x2[:rows], num, den, w, b, "A")
+        torch.testing.assert_close(y.double(), reference_rational_linear(x2[:rows], num, den, w, b, "A"),
+                                   rtol=1e-4, atol=1e-4)
+    (general,) = cpu_kernels._any_rows
+    [kernel] = cpu_kernels._any_rows[general]
+    assert kernel.accepts(9) and kernel.accepts(1000)
+    monkeypatch.setitem(cpu_kernels._any_rows, general,
+                        [cpu_kernels._RowsKernel(kernel.fn, lambda rows: False)])
+    y = cpu_kernels.run("rational_linear_forward", x2[:11], num, den, w, b, "A")
+    torch.testing.assert_close(y.double(), reference_rational_linear(x2[:11], num, den, w, b, "A"),
+                               rtol=1e-4, atol=1e-4)
+    assert len(cpu_kernels._any_rows[general]) == 2
+    y = cpu_kernels.run("rational_linear_forward", x2[:1], num, den, w, b, "A")
+    torch.testing.assert_close(y.double(), reference_rational_linear(x2[:1], num, den, w, b, "A"),
+                               rtol=1e-4, atol=1e-4)
+    assert sorted(k.shapes[0][0] for k in cpu_kernels._cache) == [1, 6]
+
+
 def test_kernel_key_is_derived_from_the_call():
     x, num, den, w, b = _inputs(51)
     k1 = cpu_kernels.KernelKey.of("rational_linear_forward", (x, num, den, w, b, "A"))
