@@ -137,7 +137,8 @@ MEASURED_SLOTS = SassInputs(
     source="SASS of the kernels measured on the H100 (MEASURED_SLOTS)",
     ws_dgrad_epi=5732 / 64, ws_dgrad_pp_epi=5654 / 64)  # (not measured; kernels of issue 16)
 #: Today's kernels' sm_90a SASS; ``tests/test_costmodel.py`` recompiles them and fails if these
-#: drift by more than 2% (all but :data:`REMOVED_FIELDS`: the old dgrad / wgrad as last compiled).  Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
+#: drift by more than 2% (all but :data:`REMOVED_FIELDS`: the old dgrad / wgrad as last compiled).
+#: Used by :func:`predicted_faster` and ``--defaults`` (no compiler needed).
 DEFAULT_SLOTS = SassInputs(
     fwd_loop=Slots(1092, 754, 348, 776), fwd_producer=Slots(34, 0, 4, 0), fwd_tile=Slots(1260, 284, 1236, 0),
     dgrad_loop=Slots(76, 0, 60, 0), dgrad_producer=Slots(44, 0, 8, 0), dgrad_tile=Slots(8023, 6081, 1364, 1544),

@@ -40,8 +40,6 @@ def test_stored_sass_counts_match_the_compiled_kernels(compiled):
     """DEFAULT_SLOTS (what predicted_faster uses without a compiler) is the SASS of today's kernels
     (the removed old dgrad / wgrad are not compiled: sass_inputs takes their stored counts)."""
     a, b = asdict(compiled), asdict(cm.DEFAULT_SLOTS)
-    for name in cm.REMOVED_FIELDS:
-        assert a[name] == b[name]
     for f in fields(cm.SassInputs):
         if f.name in ("source", "ws_slots") + cm.REMOVED_FIELDS:
             continue

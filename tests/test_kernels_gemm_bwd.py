@@ -97,9 +97,10 @@ def test_registered_variants_names_and_expectations():
         assert dict(v.expect_sass)[mma] >= 1 and v.arches == (("sm_90a",) if mma == "HGMMA" else ("sm_80",))
 
 
-def _bwd_entry(tmp_path, mode: str, kernel: str, ffi: bool):
-    """A backward pointer entry compiled with placeholders, AOT-exported and loaded back (the
-    launcher's path through ``cutlass_kernels.runtime``), offline."""
+def _bwd_entry(tmp_path, mode: str, ffi: bool):
+    """A backward pointer entry (the sm_80 mma.sync pair, the one with a wgrad) compiled with
+    placeholders, AOT-exported and loaded back (the launcher's path through
+    ``cutlass_kernels.runtime``), offline."""
     import shutil
 
     pytest.importorskip("cutlass")
@@ -110,10 +111,9 @@ def _bwd_entry(tmp_path, mode: str, kernel: str, ffi: bool):
     from cutlass_kernels import runtime
 
     fields = {"mode": mode, "ab_dtype": "bf16", "c_dtype": "bf16" if mode == "dgrad" else "fp32", "form": "A",
-              "m": 5, "n": 4, "shared_numerator": False, "kernel": kernel}
-    arch = "sm_80"
-    prefix = f"fk_bwd_{mode}_{kernel}_{int(ffi)}"
-    runtime._export(runtime._compile("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, arch, ffi),
+              "m": 5, "n": 4, "shared_numerator": False, "kernel": "sm80"}
+    prefix = f"fk_bwd_{mode}_sm80_{int(ffi)}"
+    runtime._export(runtime._compile("cutlass_kernels.gemm.bwd_compile:compile_variant", fields, "sm_80", ffi),
                     prefix, tmp_path, ffi)
     return runtime._load(tmp_path, prefix, ffi)
 
@@ -141,7 +141,7 @@ def test_launch_arguments_bind_to_the_compiled_entry(tmp_path, mode):
 
     from cutlass_kernels.gemm.bwd_launch import launch_arguments
 
-    entry = _bwd_entry(tmp_path, mode, "sm80", ffi=False)
+    entry = _bwd_entry(tmp_path, mode, ffi=False)
     tensors, sizes = _bwd_problem(mode)
     args = launch_arguments(*tensors, ffi=False)  # kept alive: exe points into these objects
     exe, _ = entry.generate_execution_args(*args, cuda.CUstream(0))
@@ -160,7 +160,7 @@ def test_tvm_ffi_entry_accepts_the_launch_arguments(tmp_path, mode):
     CUDA driver; a wrong count or type fails the checks."""
     from cutlass_kernels.gemm.bwd_launch import launch_arguments
 
-    fn = _bwd_entry(tmp_path, mode, "sm80", ffi=True)
+    fn = _bwd_entry(tmp_path, mode, ffi=True)
     args = launch_arguments(*_bwd_problem(mode)[0], ffi=True)
     with pytest.raises(RuntimeError, match="(?i)cuda"):
         fn(*args, 0)

@@ -20,7 +20,6 @@ import cutlass.cute as cute
 from fusedkat.ops import rational_math as rm
 
 from ..dsl import DslMath
-from .common import store_tile  # noqa: F401  (re-exported: the dgrad kernels store through it)
 
 CHUNK = 8  # columns per partial: one m16n8 / WGMMA n8 accumulator block
 _PROVEN: dict = {}
